@@ -1,0 +1,32 @@
+# sepmeasure: `make report` runs every study in quick mode and writes reports/;
+# `make test` runs the test suite. Both install into .venv first if needed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install test report bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	@if $(PY) -m pip list 2>/dev/null | grep -iqE '^(triton|nvidia-)'; then \
+		echo "error: a CUDA build of torch or triton was pulled in; expected the CPU wheel torch==2.13.0" >&2; exit 1; fi
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
+
+report: install
+	$(VENV)/bin/sepmeasure study all --quick
+	$(VENV)/bin/sepmeasure report
+
+bench: install
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

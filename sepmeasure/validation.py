@@ -1,0 +1,135 @@
+"""Argument and tensor checks used at the public boundary of every function.
+
+Every message names the argument, says what was expected and what was given.
+Inner code trusts its inputs; these checks run once, at the boundary.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "as_tensor",
+    "check_choice",
+    "check_features",
+    "check_labels",
+    "check_positive",
+    "check_int",
+    "check_probability",
+    "describe",
+]
+
+
+def describe(value: Any) -> str:
+    """Short description of a value for an error message."""
+    if isinstance(value, torch.Tensor):
+        return f"Tensor of shape {tuple(value.shape)} and dtype {value.dtype} on {value.device}"
+    if isinstance(value, np.ndarray):
+        return f"ndarray of shape {value.shape} and dtype {value.dtype}"
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def as_tensor(value: Any, name: str, *, dtype: torch.dtype | None = None,
+              device: torch.device | str | None = None) -> torch.Tensor:
+    """Convert tensors, arrays and nested sequences to a tensor, naming ``name`` on failure."""
+    if isinstance(value, torch.Tensor):
+        out = value
+    elif isinstance(value, np.ndarray) or isinstance(value, (list, tuple)):
+        try:
+            out = torch.as_tensor(np.asarray(value))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{name}: expected a tensor or array of numbers, got {describe(value)}") from exc
+    else:
+        raise TypeError(f"{name}: expected a torch.Tensor or numpy array, got {describe(value)}")
+    if dtype is not None or device is not None:
+        out = out.to(dtype=dtype or out.dtype, device=device or out.device)
+    return out
+
+
+def check_features(value: Any, name: str, *, ndim: int | Sequence[int] | None = 2,
+                   min_rows: int = 1, finite: bool = True, floating: bool = True,
+                   device: torch.device | str | None = None) -> torch.Tensor:
+    """Check a feature tensor: rank, non-emptiness, finiteness; return it as a float tensor.
+
+    Integer inputs are converted to the default float dtype when ``floating``.
+    """
+    x = as_tensor(value, name, device=device)
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.ndim not in allowed:
+            want = " or ".join(str(a) for a in allowed)
+            raise ValueError(f"{name}: expected a {want}-dimensional tensor, got {describe(x)}")
+    if x.ndim == 0 or x.shape[0] < min_rows:
+        raise ValueError(f"{name}: expected at least {min_rows} row(s), got {describe(x)}")
+    if floating and not torch.is_floating_point(x):
+        if x.is_complex():
+            raise TypeError(f"{name}: expected real numbers, got {describe(x)}")
+        x = x.to(torch.get_default_dtype())
+    if finite and torch.is_floating_point(x) and not bool(torch.isfinite(x).all()):
+        n_bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name}: expected finite values, got {n_bad} NaN/inf entries in {describe(x)}")
+    return x
+
+
+def check_labels(value: Any, name: str, *, n: int | None = None, n_name: str = "the features",
+                 min_classes: int = 1, device: torch.device | str | None = None) -> torch.Tensor:
+    """Check a 1-D integer label vector (optionally of length ``n``); return it as int64."""
+    y = as_tensor(value, name, device=device)
+    if y.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-dimensional label vector, got {describe(y)}")
+    if torch.is_floating_point(y):
+        if not bool(torch.isfinite(y).all()) or not bool((y == y.round()).all()):
+            raise ValueError(f"{name}: expected integer class labels, got non-integer values in {describe(y)}")
+    elif y.dtype == torch.bool or y.is_complex():
+        raise TypeError(f"{name}: expected integer class labels, got {describe(y)}")
+    y = y.long()
+    if n is not None and y.shape[0] != n:
+        raise ValueError(f"{name}: expected {n} labels (one per row of {n_name}), got {y.shape[0]}")
+    n_classes = int(torch.unique(y).numel())
+    if n_classes < min_classes:
+        raise ValueError(f"{name}: expected at least {min_classes} distinct classes, got {n_classes}")
+    return y
+
+
+def check_choice(value: Any, name: str, choices: Iterable[Any]) -> Any:
+    """Check that ``value`` is one of ``choices``."""
+    options = list(choices)
+    if value not in options:
+        shown = ", ".join(repr(c) for c in options)
+        raise ValueError(f"{name}: expected one of {shown}, got {value!r}")
+    return value
+
+
+def check_int(value: Any, name: str, *, minimum: int | None = None) -> int:
+    """Check an integer argument (bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {describe(value)}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_positive(value: Any, name: str, *, strict: bool = True) -> float:
+    """Check a positive (or non-negative) finite real number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name}: expected a real number, got {describe(value)}")
+    v = float(value)
+    ok = (v > 0) if strict else (v >= 0)
+    if not ok or not np.isfinite(v):
+        rel = "> 0" if strict else ">= 0"
+        raise ValueError(f"{name}: expected a finite number {rel}, got {value!r}")
+    return v
+
+
+def check_probability(value: Any, name: str) -> float:
+    """Check a number in [0, 1]."""
+    v = check_positive(value, name, strict=False)
+    if v > 1:
+        raise ValueError(f"{name}: expected a number in [0, 1], got {value!r}")
+    return v
