@@ -239,7 +239,8 @@ def load_dataset(name: str, split: str = "train", seed: int = 0, *, size: int | 
         Share of each class held out for ``"test"``.
     standardize : bool, "feature", "global" or None
         Standardisation fitted on the training part only and applied to both parts.
-        ``True`` picks the dataset's default (per feature; one global scale for images).
+        ``True`` picks the dataset's default (per feature; one global scale for images; none
+        for ``.npz`` files, whose data is taken as given).
     **options
         Generator options: ``n_classes`` (spirals, gaussians), ``turns`` (spirals),
         ``dim``, ``separation`` (gaussians).
@@ -267,7 +268,9 @@ def load_dataset(name: str, split: str = "train", seed: int = 0, *, size: int | 
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction: expected a number in (0, 1), got {test_fraction!r}")
     if str(name).endswith(".npz"):
-        return load_npz(name, split=split, seed=seed, test_fraction=test_fraction, standardize=standardize)
+        # user data is taken as given unless a standardisation is named explicitly
+        return load_npz(name, split=split, seed=seed, test_fraction=test_fraction,
+                        standardize=None if standardize is True else standardize)
     if name not in _GENERATORS:
         import difflib
 

@@ -90,7 +90,7 @@ class Callback:
     def wants_step(self, step: int) -> bool:
         return self.steps is not None and step in self.steps
 
-    def run(self, state: TrainingState, at: str) -> None:
+    def run(self, state: TrainingState, trigger: str) -> None:
         was_training = state.model.training
         try:
             out = self.measure(state)
@@ -101,7 +101,7 @@ class Callback:
         rows = out.to_dict("records") if isinstance(out, pd.DataFrame) else list(out)
         label = self.name or type(self).__name__
         for r in rows:
-            self.rows.append({"callback": label, "epoch": state.epoch, "step": state.step, "at": at, **r})
+            self.rows.append({"callback": label, "epoch": state.epoch, "step": state.step, "trigger": trigger, **r})
 
     @property
     def table(self) -> pd.DataFrame:
@@ -120,7 +120,9 @@ def _batches(data: Dataset, batch_size: int, shuffle: bool, generator: torch.Gen
             idx = order[start:start + batch_size].to(X.device)
             yield X[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
         return
-    loader = DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)
+    # the same permutation as the sliced path, so both paths see identical batches
+    order = torch.randperm(len(data), generator=generator) if shuffle else torch.arange(len(data))
+    loader = DataLoader(data, batch_size=batch_size, sampler=order.tolist())
     for batch in loader:
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
             raise TypeError(f"train: expected dataset items (x, y), got a batch of type {type(batch).__name__}")
@@ -280,13 +282,14 @@ def fit(model: nn.Module, train: Any, test: Any = None, *, epochs: int = 10, lr:
                 loss = loss_fn(model(xb), yb)
                 if penalty is not None:
                     loss = loss + penalty(model)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"training diverged: loss is {float(loss)} at epoch {epoch}, "
+                loss_value = loss.detach()
+                if not torch.isfinite(loss_value):
+                    raise FloatingPointError(f"training diverged: loss is {loss_value.item()} at epoch {epoch}, "
                                              f"step {state.step + 1}; try a smaller lr (got {lr})")
                 loss.backward()
                 opt.step()
                 state.step += 1
-                state.last_loss = float(loss.detach())
+                state.last_loss = float(loss_value)
                 for cb in callbacks:
                     cb.on_step_end(state)
                     if cb.wants_step(state.step):
