@@ -1,4 +1,15 @@
-"""Model families: standard networks (and, in their own modules, gated, masked and linearizable ones)."""
+"""Model families: standard networks, gated networks (DGN, DLGN), masked and linearizable ones."""
+from .gated import DGN, DLGN, BetaAnnealing, EffectiveHalfSpaces, GatedNetwork, effective_halfspaces
+from .linearizable import (LinearizablePReLU, LinearizationSchedule, SparsityPrior, make_linearizable,
+                           nonlinear_fraction, snap_linear)
+from .masked import (FoldedCNN, FoldedMLP, FoldReport, LinearityMask, MaskPenalty, apply_masks, fold,
+                     linear_fraction)
 from .standard import ACTIVATIONS, CNN, MLP, GlobalAvgPool, PreActBlock, ResNet, make_activation
 
-__all__ = ["ACTIVATIONS", "CNN", "MLP", "GlobalAvgPool", "PreActBlock", "ResNet", "make_activation"]
+__all__ = [
+    "ACTIVATIONS", "CNN", "MLP", "GlobalAvgPool", "PreActBlock", "ResNet", "make_activation",
+    "DGN", "DLGN", "GatedNetwork", "BetaAnnealing", "EffectiveHalfSpaces", "effective_halfspaces",
+    "LinearityMask", "MaskPenalty", "apply_masks", "linear_fraction", "fold", "FoldReport", "FoldedMLP", "FoldedCNN",
+    "LinearizablePReLU", "SparsityPrior", "LinearizationSchedule", "make_linearizable", "snap_linear",
+    "nonlinear_fraction",
+]
