@@ -1,0 +1,465 @@
+"""Diagnostics of kernel matrices, and a training callback that records them during ``fit``.
+
+* :func:`kernel_target_alignment` / :func:`kernel_alignment` — centred alignment (Cortes, Mohri
+  & Rostamizadeh 2012, *Algorithms for learning kernels based on centered alignment*);
+* :func:`kernel_distance` — ``1 − ⟨K1, K2⟩_F / (‖K1‖_F ‖K2‖_F)`` (Fort et al. 2020, *Deep learning
+  versus kernel learning*);
+* :func:`kernel_spectrum` / :func:`effective_rank` — eigenvalues and the entropy effective rank
+  (Roy & Vetterli 2007, *The effective rank: a measure of effective dimensionality*);
+* :func:`kernel_velocity` — kernel distance between consecutive recorded epochs per epoch
+  elapsed (Fort et al. 2020);
+* :class:`KernelDiagnostics` — a :class:`sepmeasure.training.Callback` recording the NTK or NPK
+  of a fixed subset during training. It and :func:`kernel_diagnostics` share one compute
+  function, so they cannot disagree.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from ..training import Callback, TrainingState
+from ..validation import as_tensor, check_choice, check_features, check_int, check_labels, describe
+from .npk import neural_path_kernel
+from .ntk import ParameterSelector, empirical_ntk
+
+__all__ = ["EFFECTIVE_RANK_DEFINITION", "KernelDiagnostics", "KernelSpectrum", "effective_rank",
+           "kernel_alignment", "kernel_diagnostics", "kernel_distance", "kernel_spectrum",
+           "kernel_target_alignment", "kernel_velocity"]
+
+EFFECTIVE_RANK_DEFINITION = ("Roy & Vetterli 2007: exp(-sum_i p_i log p_i) with p_i = sigma_i / sum_j sigma_j, "
+                             "sigma the singular values (|eigenvalues| of a symmetric kernel)")
+
+
+# ----------------------------------------------------------------------------
+# Checks
+# ----------------------------------------------------------------------------
+
+def _square(kernel: Any, name: str) -> torch.Tensor:
+    k = check_features(kernel, name, ndim=2)
+    if k.shape[0] != k.shape[1]:
+        raise ValueError(f"{name}: expected a square (n, n) kernel matrix, got {describe(k)}; for a full NTK "
+                         f"(n, n, K, K) pass output='trace' or its trace over the output axes")
+    return k.double()
+
+
+def _symmetric(kernel: Any, name: str) -> tuple[torch.Tensor, float]:
+    """The symmetric part in float64, and the machine epsilon of the kernel's own dtype."""
+    k = _square(kernel, name)
+    eps = torch.finfo(kernel.dtype).eps if isinstance(kernel, torch.Tensor) and kernel.is_floating_point() \
+        else torch.finfo(torch.float64).eps
+    scale = float(k.abs().max())
+    if float((k - k.T).abs().max()) > max(1e-6, 100 * eps) * max(scale, 1e-300):
+        raise ValueError(f"{name}: expected a symmetric matrix, got one with max |K - K^T| = "
+                         f"{float((k - k.T).abs().max()):.3g} (max |K| = {scale:.3g})")
+    return (k + k.T) / 2, eps
+
+
+def _targets(y: Any, n: int, name: str, device: torch.device) -> torch.Tensor:
+    """Labels ``(n,)`` → one-hot ``(n, C)``; targets ``(n, C)`` as given (float64)."""
+    t = as_tensor(y, name, device=device)
+    if t.ndim == 1:
+        labels = check_labels(t, name, n=n, n_name="the kernel's rows")
+        if bool((labels < 0).any()):
+            raise ValueError(f"{name}: expected non-negative class labels, got min {int(labels.min())}")
+        return nn.functional.one_hot(labels, int(labels.max()) + 1).double()
+    t = check_features(t, name, ndim=2)
+    if t.shape[0] != n:
+        raise ValueError(f"{name}: expected {n} rows (one per kernel row), got {describe(t)}")
+    return t.double()
+
+
+def _centre(k: torch.Tensor) -> torch.Tensor:
+    """``H K H`` with ``H = I − 11ᵀ/n``."""
+    return k - k.mean(dim=0, keepdim=True) - k.mean(dim=1, keepdim=True) + k.mean()
+
+
+def _alignment(k: torch.Tensor, target: torch.Tensor, centered: bool) -> float:
+    if centered:
+        k, target = _centre(k), _centre(target)
+    denom = float(k.norm() * target.norm())
+    return float((k * target).sum()) / denom if denom > 0 else math.nan
+
+
+def _distance(k1: torch.Tensor, k2: torch.Tensor) -> float:
+    denom = float(k1.norm() * k2.norm())
+    return 1.0 - float((k1 * k2).sum()) / denom if denom > 0 else math.nan
+
+
+def _eigenvalues(k: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.eigvalsh(k).flip(0)
+
+
+def _effective_rank(eigenvalues: torch.Tensor, eps: float) -> float:
+    """Roy & Vetterli's effective rank; singular values below ``n · eps · σ_max`` (rounding of
+    the kernel's own dtype, as in ``matrix_rank``) count as zero."""
+    s = eigenvalues.abs()
+    s = torch.where(s > s.numel() * eps * s.max(), s, torch.zeros_like(s))
+    total = float(s.sum())
+    if total <= 0:
+        return math.nan
+    p = s / total
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+# ----------------------------------------------------------------------------
+# Public functions
+# ----------------------------------------------------------------------------
+
+def kernel_alignment(kernel1: torch.Tensor, kernel2: torch.Tensor, *, centered: bool = True) -> float:
+    r"""(Centred) alignment of two kernel matrices.
+
+    .. math::
+
+        A(K_1, K_2) = \frac{\langle K_1^c, K_2^c\rangle_F}{\lVert K_1^c\rVert_F \lVert K_2^c\rVert_F},
+        \qquad K^c = H K H,\; H = I - \tfrac{1}{n}\mathbf{1}\mathbf{1}^\top
+
+    (Cortes, Mohri & Rostamizadeh 2012). ``centered=False`` gives the
+    uncentred alignment of Cristianini et al. 2002.
+
+    Parameters
+    ----------
+    kernel1, kernel2 : Tensor of shape ``(n, n)``
+    centered : bool
+
+    Returns
+    -------
+    float
+        In [-1, 1] (in [0, 1] for PSD kernels); NaN when a (centred) kernel is zero.
+
+    Examples
+    --------
+    >>> k = torch.randn(5, 3); k = k @ k.T
+    >>> round(kernel_alignment(k, 2 * k), 12)
+    1.0
+    """
+    k1 = _square(kernel1, "kernel1")
+    k2 = _square(kernel2, "kernel2").to(k1.device)
+    if k1.shape != k2.shape:
+        raise ValueError(f"kernel2: expected shape {tuple(k1.shape)} like kernel1, got {describe(kernel2)}")
+    return _alignment(k1, k2, bool(centered))
+
+
+def kernel_target_alignment(kernel: torch.Tensor, y: torch.Tensor, *, centered: bool = True) -> float:
+    r"""Centred kernel–target alignment ``A(K, Y Yᵀ)`` (Cortes, Mohri & Rostamizadeh 2012).
+
+    ``Y`` is the one-hot matrix of the labels ``y`` (or the given target matrix ``(n, C)``);
+    see :func:`kernel_alignment` for the formula.
+
+    Parameters
+    ----------
+    kernel : Tensor of shape ``(n, n)``
+    y : Tensor of shape ``(n,)`` (integer labels) or ``(n, C)`` (targets)
+    centered : bool
+
+    Returns
+    -------
+    float
+        NaN when the centred kernel or target is zero (e.g. a single class).
+
+    Examples
+    --------
+    >>> y = torch.tensor([0, 1, 1, 2])
+    >>> onehot = torch.nn.functional.one_hot(y).double()
+    >>> round(kernel_target_alignment(onehot @ onehot.T, y), 12)
+    1.0
+    """
+    k = _square(kernel, "kernel")
+    target = _targets(y, k.shape[0], "y", k.device)
+    return _alignment(k, target @ target.T, bool(centered))
+
+
+def kernel_distance(kernel1: torch.Tensor, kernel2: torch.Tensor) -> float:
+    r"""Kernel distance ``1 − ⟨K1, K2⟩_F / (‖K1‖_F ‖K2‖_F)`` (Fort et al. 2020).
+
+    Invariant to scaling either kernel by a positive number; 0 for proportional kernels.
+    Works for kernels of any (equal) shape, e.g. full NTKs ``(n, n, K, K)``.
+
+    Returns
+    -------
+    float
+        In [0, 2]; NaN when a kernel is zero.
+
+    Examples
+    --------
+    >>> k = torch.randn(4, 4)
+    >>> abs(kernel_distance(k, 3 * k)) < 1e-12
+    True
+    """
+    k1 = check_features(kernel1, "kernel1", ndim=None).double()
+    k2 = check_features(kernel2, "kernel2", ndim=None).double().to(k1.device)
+    if k1.shape != k2.shape:
+        raise ValueError(f"kernel2: expected shape {tuple(k1.shape)} like kernel1, got {describe(kernel2)}")
+    return _distance(k1, k2)
+
+
+@dataclass(frozen=True)
+class KernelSpectrum:
+    """Eigenvalues of a symmetric kernel matrix (descending) and its effective rank."""
+
+    eigenvalues: torch.Tensor
+    effective_rank: float
+    definition: str = EFFECTIVE_RANK_DEFINITION
+
+    @property
+    def min_eigenvalue(self) -> float:
+        """Most negative eigenvalue (a PSD kernel has none below rounding)."""
+        return float(self.eigenvalues[-1])
+
+    @property
+    def trace(self) -> float:
+        return float(self.eigenvalues.sum())
+
+    def to_frame(self) -> pd.DataFrame:
+        """Tidy table: one row per eigenvalue (``measure="eigenvalue"``, ``index``) and one for
+        the effective rank."""
+        values = self.eigenvalues.detach().cpu().numpy()
+        rows = [{"measure": "eigenvalue", "index": i, "value": float(v)} for i, v in enumerate(values)]
+        rows.append({"measure": "effective_rank", "index": None, "value": self.effective_rank})
+        return pd.DataFrame(rows, columns=["measure", "index", "value"])
+
+
+def kernel_spectrum(kernel: torch.Tensor) -> KernelSpectrum:
+    r"""Eigen-spectrum and effective rank of a symmetric kernel matrix.
+
+    The effective rank is that of Roy & Vetterli 2007:
+    ``erank(K) = exp(−Σ_i p_i log p_i)``, ``p_i = σ_i / Σ_j σ_j`` with ``σ`` the singular values
+    (``|λ|`` for a symmetric matrix); it is ``n`` for the identity and 1 for a rank-one kernel.
+    Singular values below ``n · eps · σ_max`` (``eps`` of the kernel's dtype) are rounding and
+    count as zero.
+
+    Parameters
+    ----------
+    kernel : Tensor of shape ``(n, n)``, symmetric
+
+    Returns
+    -------
+    KernelSpectrum
+        Eigenvalues (float64, descending) and effective rank (NaN for the zero matrix).
+
+    Examples
+    --------
+    >>> s = kernel_spectrum(torch.eye(4))
+    >>> round(s.effective_rank, 12), s.eigenvalues.tolist()
+    (4.0, [1.0, 1.0, 1.0, 1.0])
+    """
+    k, eps = _symmetric(kernel, "kernel")
+    eig = _eigenvalues(k)
+    return KernelSpectrum(eig, _effective_rank(eig, eps))
+
+
+def effective_rank(kernel: torch.Tensor) -> float:
+    """Entropy effective rank of a symmetric kernel matrix (Roy & Vetterli 2007); see
+    :func:`kernel_spectrum`.
+
+    Examples
+    --------
+    >>> v = torch.randn(6, 1)
+    >>> round(effective_rank(v @ v.T), 6)
+    1.0
+    """
+    return kernel_spectrum(kernel).effective_rank
+
+
+def kernel_velocity(kernels: Sequence[torch.Tensor], epochs: Sequence[float]) -> pd.DataFrame:
+    r"""Kernel velocity between consecutive recorded epochs (Fort et al. 2020).
+
+    .. math::
+
+        v(t_i) = \frac{S(K_{t_{i-1}}, K_{t_i})}{t_i - t_{i-1}}, \qquad
+        S(K, K') = 1 - \frac{\langle K, K'\rangle_F}{\lVert K\rVert_F \lVert K'\rVert_F}
+
+    Parameters
+    ----------
+    kernels : sequence of Tensor
+        Kernels of one fixed set of inputs, in training order (all of one shape).
+    epochs : sequence of float
+        When each was recorded, strictly increasing (fractional epochs allowed).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per consecutive pair: ``measure="kernel_velocity"``, ``epoch_from``, ``epoch``,
+        ``distance``, ``value`` (distance per epoch).
+
+    Examples
+    --------
+    >>> k = torch.eye(3)
+    >>> kernel_velocity([k, k, 2 * k + 1], [0, 1, 3])[["epoch", "value"]].shape
+    (2, 2)
+    """
+    if isinstance(kernels, torch.Tensor) or not isinstance(kernels, Sequence):
+        raise TypeError(f"kernels: expected a sequence of kernel tensors, got {describe(kernels)}")
+    if isinstance(epochs, (str, bytes)) or not isinstance(epochs, Sequence) or len(epochs) != len(kernels):
+        raise ValueError(f"epochs: expected a sequence of {len(kernels)} numbers (one per kernel), "
+                         f"got {describe(epochs)}")
+    times = [float(e) for e in epochs]
+    if any(b <= a for a, b in zip(times[:-1], times[1:])):
+        raise ValueError(f"epochs: expected strictly increasing times, got {times}")
+    rows = []
+    for i in range(1, len(kernels)):
+        d = kernel_distance(kernels[i - 1], kernels[i])
+        rows.append({"measure": "kernel_velocity", "epoch_from": times[i - 1], "epoch": times[i],
+                     "distance": d, "value": d / (times[i] - times[i - 1])})
+    return pd.DataFrame(rows, columns=["measure", "epoch_from", "epoch", "distance", "value"])
+
+
+def _kernel_rows(kernel: torch.Tensor, eps: float, targets: torch.Tensor | None, previous: torch.Tensor | None,
+                 initial: torch.Tensor | None, elapsed: float | None) -> list[dict[str, Any]]:
+    """The rows of :func:`kernel_diagnostics` and :class:`KernelDiagnostics` (one compute function)."""
+    k = kernel.double()
+    rows = []
+    if targets is not None:
+        rows.append({"measure": "alignment", "value": _alignment(k, targets @ targets.T, True)})
+    rows.append({"measure": "effective_rank", "value": _effective_rank(_eigenvalues((k + k.T) / 2), eps)})
+    if previous is not None:
+        d = _distance(previous.double().to(k.device), k)
+        rows.append({"measure": "distance_to_previous", "value": d})
+        if elapsed is not None and elapsed > 0:
+            rows.append({"measure": "kernel_velocity", "value": d / elapsed})
+    if initial is not None:
+        rows.append({"measure": "distance_to_initial", "value": _distance(initial.double().to(k.device), k)})
+    return rows
+
+
+def kernel_diagnostics(kernel: torch.Tensor, y: torch.Tensor | None = None, *,
+                       previous: torch.Tensor | None = None, initial: torch.Tensor | None = None,
+                       elapsed: float | None = None) -> pd.DataFrame:
+    """All diagnostics of one kernel matrix as a tidy table (one row per measure).
+
+    Rows: ``alignment`` (centred kernel–target alignment with the one-hot ``y``, when given),
+    ``effective_rank`` (Roy & Vetterli 2007), ``distance_to_previous`` and ``kernel_velocity``
+    (distance per ``elapsed`` epochs; when ``previous`` is given), ``distance_to_initial`` (when
+    ``initial`` is given). See the functions of the same names for the formulas.
+
+    Parameters
+    ----------
+    kernel : Tensor of shape ``(n, n)``, symmetric
+    y : Tensor of shape ``(n,)`` or ``(n, C)``, optional
+    previous, initial : Tensor of shape ``(n, n)``, optional
+    elapsed : float, optional
+        Epochs between ``previous`` and ``kernel``.
+
+    Examples
+    --------
+    >>> k = torch.eye(4)
+    >>> kernel_diagnostics(k, torch.tensor([0, 0, 1, 1]), initial=k)["measure"].tolist()
+    ['alignment', 'effective_rank', 'distance_to_initial']
+    """
+    k, eps = _symmetric(kernel, "kernel")
+    targets = None if y is None else _targets(y, k.shape[0], "y", k.device)
+    for name, other in (("previous", previous), ("initial", initial)):
+        if other is not None and tuple(other.shape) != tuple(k.shape):
+            raise ValueError(f"{name}: expected shape {tuple(k.shape)} like kernel, got {describe(other)}")
+    if elapsed is not None and not (isinstance(elapsed, (int, float)) and elapsed > 0):
+        raise ValueError(f"elapsed: expected a number > 0, got {elapsed!r}")
+    return pd.DataFrame(_kernel_rows(k, eps, targets, previous, initial, elapsed), columns=["measure", "value"])
+
+
+# ----------------------------------------------------------------------------
+# Training callback
+# ----------------------------------------------------------------------------
+
+class KernelDiagnostics(Callback):
+    """Record the NTK or NPK diagnostics of a fixed subset during :func:`sepmeasure.training.fit`.
+
+    At each chosen epoch (and step) the kernel of the model (in eval mode; the mode is restored)
+    on a fixed subset is computed, and rows are recorded for: the centred alignment with the
+    one-hot targets, the effective rank, the kernel distance to the previous recording and to
+    the first recording (the initialisation when epoch 0 is recorded), and the kernel velocity
+    (distance to the previous recording per epoch elapsed; fractional epochs for step-based
+    recordings). Uses the same compute function as :func:`kernel_diagnostics`.
+
+    Parameters
+    ----------
+    kernel : {"ntk", "npk"}
+        ``"ntk"``: the trace NTK ``Σ_k Θ_kk`` (:func:`empirical_ntk`); ``"npk"``: the neural path
+        kernel (:func:`neural_path_kernel`).
+    x, y : Tensor, optional
+        The fixed subset. Default: ``n`` training samples drawn once with ``seed`` at the start
+        of training.
+    n : int
+        Subset size when ``x`` is not given.
+    seed : int
+    epochs, steps
+        When to record (see :class:`sepmeasure.training.Callback`).
+    method, params
+        Passed to :func:`empirical_ntk`.
+    keep_kernels : bool
+        Keep every recorded kernel (on the CPU, in the model's dtype) in ``self.kernels`` as
+        ``[(epoch, step, K)]``.
+
+    Examples
+    --------
+    >>> from sepmeasure.models import MLP
+    >>> from sepmeasure.data import load_dataset
+    >>> from sepmeasure.training import fit
+    >>> cb = KernelDiagnostics("ntk", n=32, epochs=[0, 1])
+    >>> h = fit(MLP(2, [16], 2), load_dataset("two_moons", size=100), epochs=1, callbacks=[cb], progress=False)
+    >>> sorted(set(cb.table["measure"]))
+    ['alignment', 'distance_to_initial', 'distance_to_previous', 'effective_rank', 'kernel_velocity']
+    """
+
+    def __init__(self, kernel: str = "ntk", x: torch.Tensor | None = None, y: torch.Tensor | None = None, *,
+                 n: int = 256, seed: int = 0, epochs: Any = "all", steps: Any = None, method: str = "auto",
+                 params: ParameterSelector = None, keep_kernels: bool = False) -> None:
+        super().__init__(epochs=epochs, steps=steps)
+        self.kernel = check_choice(kernel, "kernel", ("ntk", "npk"))
+        self.n = check_int(n, "n", minimum=1)
+        self.seed = check_int(seed, "seed", minimum=0)
+        self.method = method
+        self.params = params
+        self.keep_kernels = bool(keep_kernels)
+        if (x is None) != (y is None):
+            raise ValueError(f"y: expected x and y to be given together, got x={describe(x)} and y={describe(y)}")
+        self._x = None if x is None else check_features(x, "x", ndim=None)
+        self._y = None if y is None else _targets(y, self._x.shape[0], "y", self._x.device).cpu()
+        self._given = x is not None
+        self._previous: tuple[float, torch.Tensor] | None = None
+        self._initial: torch.Tensor | None = None
+        self.kernels: list[tuple[int, int, torch.Tensor]] = []
+
+    def on_train_begin(self, state: TrainingState) -> None:
+        super().on_train_begin(state)
+        self._previous, self._initial, self.kernels = None, None, []
+        if self._given:
+            return
+        data = state.train
+        gen = torch.Generator().manual_seed(self.seed)
+        idx = torch.randperm(len(data), generator=gen)[: min(self.n, len(data))]
+        if hasattr(data, "X") and hasattr(data, "y"):
+            xs, ys = data.X[idx.to(data.X.device)], data.y[idx.to(data.y.device)]
+        else:
+            items = [data[int(i)] for i in idx]
+            xs = torch.stack([torch.as_tensor(it[0]) for it in items])
+            ys = torch.as_tensor([int(it[1]) for it in items])
+        self._x = xs.detach().cpu()
+        self._y = _targets(ys.cpu(), xs.shape[0], "train labels", torch.device("cpu"))
+
+    def measure(self, state: TrainingState) -> list[dict[str, Any]]:
+        model = state.model
+        model.eval()
+        ref = next(iter(model.parameters()))
+        x = self._x.to(device=ref.device, dtype=ref.dtype)
+        if self.kernel == "ntk":
+            k = empirical_ntk(model, x, method=self.method, output="trace", params=self.params)
+        else:
+            k = neural_path_kernel(model, x)
+        eps = torch.finfo(k.dtype).eps
+        k = k.detach().cpu()     # kept in its own dtype: the rank tolerance depends on it
+        now = state.step / max(state.steps_per_epoch, 1)
+        previous = self._previous[1] if self._previous is not None else None
+        elapsed = now - self._previous[0] if self._previous is not None else None
+        rows = _kernel_rows(k, eps, self._y, previous, self._initial, elapsed)
+        self._previous = (now, k)
+        if self._initial is None:
+            self._initial = k
+        if self.keep_kernels:
+            self.kernels.append((state.epoch, state.step, k))
+        return [{"kernel": self.kernel, "n": k.shape[0], **r} for r in rows]
