@@ -1,0 +1,135 @@
+"""Checks and coordinate changes shared by the separability measures.
+
+Every measure takes two finite point sets ``A`` (n x d) and ``B`` (m x d) on the same device.
+They are checked once here, at the boundary, with messages that name the argument.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+
+from ..validation import check_features, describe
+
+__all__ = ["check_point_sets", "class_pairs", "span_coordinates", "SpanCoordinates", "to_span_direction"]
+
+
+def check_point_sets(A: Any, B: Any, names: tuple[str, str] = ("A", "B")) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check two point sets and return them as tensors of one floating dtype on one device.
+
+    Both must be 2-D (rows are points), non-empty, finite, with the same number of columns and
+    on the same device. Integer inputs become floats; the result dtype is the wider of the two.
+
+    Examples
+    --------
+    >>> A, B = check_point_sets([[0.0, 1.0]], [[1.0, 0.0], [2.0, 2.0]])
+    >>> A.shape, B.shape
+    (torch.Size([1, 2]), torch.Size([2, 2]))
+    """
+    na, nb = names
+    a = check_features(A, na, ndim=2)
+    b = check_features(B, nb, ndim=2)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"{nb}: expected {a.shape[1]} features (columns) like {na}, got {describe(b)}")
+    if a.device != b.device:
+        raise ValueError(f"{nb}: expected a tensor on the device of {na} ({a.device}), got {describe(b)}")
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    return a.to(dtype), b.to(dtype)
+
+
+class SpanCoordinates(NamedTuple):
+    """Both sets in coordinates of their affine span (see :func:`span_coordinates`)."""
+
+    a: torch.Tensor          # (n, r)
+    b: torch.Tensor          # (m, r)
+    to_span: torch.Tensor    # (d, r): coordinates = (x - center) @ to_span
+    from_span: torch.Tensor  # (r, d): a direction v in span coordinates is v @ from_span in the input
+    center: torch.Tensor     # (d,)
+
+
+def span_coordinates(A: torch.Tensor, B: torch.Tensor, *, whiten: bool = True,
+                     rcond: float = 1e-10) -> SpanCoordinates:
+    """Express both sets in float64 coordinates of the affine span of ``A`` and ``B``.
+
+    The coordinates are ``(x - c) @ to_span`` with ``c`` the mean of all points and
+    ``to_span`` (d x r) mapping onto the r-dimensional span of the centred points; with
+    ``whiten`` they have identity covariance. Every quantity that is invariant under invertible
+    affine maps of both sets (MD-LSM, the separable-subset fraction) is unchanged. A direction
+    ``v`` in span coordinates scores points as ``x @ (v @ from_span)`` up to a constant, so
+    ``v @ from_span`` is the same direction in the input coordinates. ``r`` is 0 when all points
+    coincide.
+    """
+    X = torch.cat([A, B]).to(torch.float64)
+    center = X.mean(0)
+    Xc = X - center
+    d = X.shape[1]
+    if not bool(Xc.abs().max() > 0):
+        T = torch.zeros(d, 0, dtype=torch.float64, device=X.device)
+        Z = Xc @ T
+        return SpanCoordinates(Z[: A.shape[0]], Z[A.shape[0]:], T, T.T.clone(), center)
+    _, S, Vh = torch.linalg.svd(Xc, full_matrices=False)
+    keep = S > rcond * S[0]
+    V = Vh[keep].T
+    T = V / (S[keep] / (Xc.shape[0] ** 0.5)) if whiten else V
+    Z = Xc @ T
+    # a direction v in span coordinates scores x as (x - c) @ T @ v, i.e. x @ (T @ v) up to a constant
+    return SpanCoordinates(Z[: A.shape[0]], Z[A.shape[0]:], T, T.T.contiguous(), center)
+
+
+def to_span_direction(w: torch.Tensor, coords: SpanCoordinates) -> torch.Tensor:
+    """The span-coordinate direction that scores points like the input direction ``w``."""
+    # (x - c) @ w = (x - c) @ P @ w for x in the span, and (x - c) = z @ pinv(T); so v = pinv(T) @ w
+    return torch.linalg.pinv(coords.to_span) @ w.to(torch.float64)
+
+
+def class_pairs(labels: torch.Tensor, pairs: Any, name: str = "pairs",
+                classes: Any = None) -> list[tuple[Any, Any, torch.Tensor, torch.Tensor]]:
+    """Resolve a pair specification into ``(class_a, class_b, rows_a, rows_b)`` tuples.
+
+    ``pairs`` is ``"ovo"`` (every pair of distinct classes, ``class_a < class_b``), ``"ovr"``
+    (each class against the rows of all other classes considered; ``class_b`` is the string
+    ``"rest"``) or a list of
+    ``(class_a, class_b)`` label pairs. ``rows_*`` index rows of the labelled tensor.
+
+    Examples
+    --------
+    >>> import torch
+    >>> [(a, b) for a, b, _, _ in class_pairs(torch.tensor([0, 1, 2, 1]), "ovo")]
+    [(0, 1), (0, 2), (1, 2)]
+    """
+    present = [int(c) for c in torch.unique(labels).tolist()]
+    if classes is not None:
+        wanted = [int(c) for c in classes]
+        missing = [c for c in wanted if c not in present]
+        if missing:
+            raise ValueError(f"classes: expected labels present in the data {present}, got {missing}")
+        present = wanted
+    if len(present) < 2:
+        raise ValueError(f"labels: expected at least 2 distinct classes, got {len(present)} ({present})")
+    rows = {c: torch.nonzero(labels == c).flatten() for c in present}
+    if isinstance(pairs, str):
+        if pairs == "ovo":
+            return [(a, b, rows[a], rows[b]) for i, a in enumerate(present) for b in present[i + 1:]]
+        if pairs == "ovr":
+            out = []
+            for a in present:
+                rest = torch.sort(torch.cat([rows[c] for c in present if c != a])).values
+                out.append((a, "rest", rows[a], rest))
+            return out
+        raise ValueError(f"{name}: expected 'ovo', 'ovr' or a list of (class_a, class_b), got {pairs!r}")
+    try:
+        spec = [(int(a), int(b)) for a, b in pairs]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected 'ovo', 'ovr' or a list of (class_a, class_b), "
+                         f"got {describe(pairs)}") from None
+    if not spec:
+        raise ValueError(f"{name}: expected at least one pair of classes, got an empty list")
+    out = []
+    for a, b in spec:
+        for c in (a, b):
+            if c not in rows:
+                raise ValueError(f"{name}: expected classes present in the labels {present}, got {c}")
+        if a == b:
+            raise ValueError(f"{name}: expected two different classes in each pair, got ({a}, {b})")
+        out.append((a, b, rows[a], rows[b]))
+    return out

@@ -1,0 +1,276 @@
+"""Per-layer separability tables: one row per (layer, class pair, measure).
+
+:func:`layer_separability` runs the measures of Zhang et al. 2023 (arXiv 2307.13962) — MD-LSM
+and the hull distance — next to the usual logistic-regression probe (and, on request, the
+separable-subset fraction) on every recorded layer, for one-vs-one or one-vs-rest class pairs.
+:func:`separability_summary` condenses such a table to one row per layer and measure.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..validation import check_features, check_int, check_labels, describe
+from .hull import _native_many
+from .mdlsm import md_lsm
+from .pointsets import class_pairs
+from .probe import linear_probe
+from .subset import separable_subset_fraction
+
+__all__ = ["MEASURES", "COLUMNS", "layer_separability", "separability_summary", "balanced_subsample"]
+
+MEASURES = ("md_lsm", "hull_distance", "linear_probe", "separable_subset")
+COLUMNS = ["layer", "class_a", "class_b", "measure", "value", "lower", "upper", "method", "status",
+           "n_a", "n_b", "d", "seed", "max_per_class", "seconds"]
+
+
+def balanced_subsample(labels: torch.Tensor, max_per_class: int | None, seed: int) -> torch.Tensor:
+    """Indices (sorted) of at most ``max_per_class`` rows of every class, drawn with ``seed``.
+
+    The draw uses a CPU generator, so it is the same on every device.
+
+    Examples
+    --------
+    >>> balanced_subsample(torch.tensor([0, 0, 0, 1, 1]), 2, seed=0).tolist()
+    [0, 2, 3, 4]
+    """
+    y = labels.cpu()
+    if max_per_class is None:
+        return torch.arange(y.shape[0])
+    g = torch.Generator().manual_seed(seed)
+    keep = []
+    for c in torch.unique(y).tolist():
+        rows = torch.nonzero(y == c).flatten()
+        if rows.numel() > max_per_class:
+            rows = rows[torch.randperm(rows.numel(), generator=g)[:max_per_class]]
+        keep.append(rows)
+    return torch.sort(torch.cat(keep)).values
+
+
+def _layers_of(activations: Any) -> dict[str, torch.Tensor]:
+    if isinstance(activations, torch.Tensor):
+        return {"features": activations}
+    if isinstance(activations, Mapping):
+        if len(activations) == 0:
+            raise ValueError("activations: expected at least one layer, got an empty mapping")
+        return {str(k): activations[k] for k in activations}
+    raise TypeError(f"activations: expected a Tensor or a mapping {{layer name: Tensor}} (e.g. from "
+                    f"sepmeasure.capture.record), got {describe(activations)}")
+
+
+def layer_separability(activations: Any, labels: Any = None,
+                       measures: Sequence[str] = ("md_lsm", "hull_distance", "linear_probe"), pairs: Any = "ovo", *,
+                       max_per_class: int | None = None, seed: int = 0, device: torch.device | str | None = None,
+                       classes: Sequence[int] | None = None, md_lsm_method: str = "auto",
+                       subset_method: str = "auto", hull_tol: float = 1e-6, hull_max_iter: int = 1000,
+                       probe_test_fraction: float = 0.3, progress: bool = False) -> pd.DataFrame:
+    """Separability of every layer for every class pair, as a tidy table.
+
+    Measures (rows of the table, per layer and class pair):
+
+    * ``"md_lsm"`` — MD-LSM of Zhang et al. 2023 (arXiv 2307.13962): the largest fraction of
+      the differences :math:`a_i-b_j` that one hyperplane through the origin leaves strictly on
+      one side (:func:`~sepmeasure.separability.mdlsm.md_lsm`); ``lower``/``upper`` certified.
+    * ``"hull_distance"`` — distance between the convex hulls (positive iff separable; twice
+      the hard-margin SVM margin) with its certified interval
+      (:func:`~sepmeasure.separability.hull.hull_distance`); all pairs of a layer are solved
+      together.
+    * ``"linear_probe"`` — held-out accuracy of a logistic-regression probe fitted in torch
+      (:func:`~sepmeasure.separability.probe.linear_probe`, stratified split of
+      ``probe_test_fraction``); ``lower``/``upper`` is a 95% Wilson interval, a statistical
+      interval rather than a certificate.
+    * ``"separable_subset"`` — the largest fraction of the pair's points a hyperplane can keep
+      strictly separated (:func:`~sepmeasure.separability.subset.separable_subset_fraction`).
+
+    Parameters
+    ----------
+    activations : mapping of str to Tensor, or Tensor
+        ``{layer name: Tensor[N, ...]}`` (for example :func:`sepmeasure.capture.record`'s
+        result); each layer is flattened to ``[N, d]``. A single tensor is the layer
+        ``"features"``.
+    labels : Tensor of shape (N,), optional
+        Class labels; default ``activations.labels``.
+    measures : sequence of str
+        Any of ``"md_lsm"``, ``"hull_distance"``, ``"linear_probe"``, ``"separable_subset"``.
+    pairs : "ovo", "ovr" or list of (class_a, class_b)
+        One-vs-one, one-vs-rest (``class_b == "rest"``) or explicit pairs.
+    max_per_class : int, optional
+        Keep at most this many samples of each class (the same samples for every layer), drawn
+        with ``seed``; recorded in the table.
+    seed : int
+        Seeds the subsample, the probe's split and the random starts of the measures.
+    device : device, optional
+        Where to compute (default: where each layer's tensor lives).
+    classes : sequence of int, optional
+        Only these classes.
+    md_lsm_method, subset_method : str
+        ``method`` of :func:`md_lsm` and :func:`separable_subset_fraction` (``"auto"``: exact on
+        tiny pairs, approximate otherwise).
+    hull_tol, hull_max_iter
+        Tolerance and rounds of the hull solver.
+    probe_test_fraction : float
+    progress : bool
+        Progress bar over layers and pairs.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (layer, class_a, class_b, measure) with columns ``layer, class_a, class_b,
+        measure, value, lower, upper, method, status, n_a, n_b, d, seed, max_per_class,
+        seconds``. ``attrs["subsample"]`` holds the indices of the rows used.
+
+    Examples
+    --------
+    >>> import torch
+    >>> X = torch.tensor([[0.0, 0.0], [0.0, 1.0], [3.0, 0.0], [3.0, 1.0], [0.0, 5.0], [1.0, 6.0]])
+    >>> y = torch.tensor([0, 0, 1, 1, 2, 2])
+    >>> table = layer_separability({"layer": X}, y, measures=("md_lsm", "hull_distance"))
+    >>> table[["class_a", "class_b", "measure", "value"]].round(6).values.tolist()
+    [[0, 1, 'md_lsm', 1.0], [0, 1, 'hull_distance', 3.0], [0, 2, 'md_lsm', 1.0], [0, 2, 'hull_distance', 4.0], [1, 2, 'md_lsm', 1.0], [1, 2, 'hull_distance', 5.0]]
+    """
+    layers = _layers_of(activations)
+    if labels is None:
+        labels = getattr(activations, "labels", None)
+        if labels is None:
+            raise ValueError("labels: expected class labels (or activations with a .labels attribute), got None")
+    measures = _check_measures(measures)
+    seed = check_int(seed, "seed", minimum=0)
+    if max_per_class is not None:
+        max_per_class = check_int(max_per_class, "max_per_class", minimum=1)
+    dev = torch.device(device) if device is not None else None
+    first = next(iter(layers))
+    n_rows = layers[first].shape[0] if isinstance(layers[first], torch.Tensor) and layers[first].ndim else None
+    y = check_labels(labels, "labels", n=n_rows, n_name=f"activations[{first!r}]")
+    sel = balanced_subsample(y, max_per_class, seed)
+    y_sel = y[sel.to(y.device)]
+    spec = class_pairs(y_sel, pairs, classes=classes)
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(total=len(layers) * len(spec), desc="layer separability", unit="pair", disable=not progress)
+    try:
+        for name, tensor in layers.items():
+            X = check_features(tensor, f"activations[{name!r}]", ndim=None)
+            if X.ndim < 2:
+                raise ValueError(f"activations[{name!r}]: expected a tensor of shape [N, ...] with N = "
+                                 f"{y.shape[0]}, got {describe(X)}")
+            if X.shape[0] != y.shape[0]:
+                raise ValueError(f"labels: expected {X.shape[0]} labels (one per row of activations[{name!r}]), "
+                                 f"got {y.shape[0]}")
+            X = X.reshape(X.shape[0], -1)
+            if dev is not None:
+                X = X.to(dev)
+            X = X[sel.to(X.device)]
+            rows.extend(_layer_rows(name, X, spec, measures, seed=seed, max_per_class=max_per_class,
+                                    md_lsm_method=md_lsm_method, subset_method=subset_method, hull_tol=hull_tol,
+                                    hull_max_iter=hull_max_iter, probe_test_fraction=probe_test_fraction, bar=bar))
+    finally:
+        bar.close()
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    table.attrs["subsample"] = sel.tolist()
+    table.attrs["seed"] = seed
+    table.attrs["max_per_class"] = max_per_class
+    return table
+
+
+def _check_measures(measures: Any) -> tuple[str, ...]:
+    if isinstance(measures, str):
+        measures = (measures,)
+    try:
+        out = tuple(measures)
+    except TypeError:
+        raise TypeError(f"measures: expected a sequence of measure names from {MEASURES}, "
+                        f"got {describe(measures)}") from None
+    if not out:
+        raise ValueError(f"measures: expected at least one of {MEASURES}, got an empty sequence")
+    for m in out:
+        if m not in MEASURES:
+            raise ValueError(f"measures: expected names from {MEASURES}, got {m!r}")
+    return out
+
+
+def _layer_rows(name: str, X: torch.Tensor, spec: list, measures: tuple[str, ...], *, seed: int,
+                max_per_class: int | None, md_lsm_method: str, subset_method: str, hull_tol: float,
+                hull_max_iter: int, probe_test_fraction: float, bar) -> list[dict[str, Any]]:
+    dev = X.device
+    base = {"layer": name, "d": int(X.shape[1]), "seed": seed, "max_per_class": max_per_class}
+    hulls = None
+    if {"hull_distance", "md_lsm", "separable_subset"} & set(measures):
+        start = time.perf_counter()
+        hulls = _native_many(X, [(ra.to(dev), rb.to(dev)) for _, _, ra, rb in spec], tol=hull_tol,
+                             zero_tol=1e-9, max_iter=hull_max_iter, add=64, warm=None)
+        hull_seconds = (time.perf_counter() - start) / max(len(spec), 1)
+    rows = []
+    for k, (a, b, ra, rb) in enumerate(spec):
+        A, B = X[ra.to(dev)], X[rb.to(dev)]
+        pair = {**base, "class_a": a, "class_b": b, "n_a": int(A.shape[0]), "n_b": int(B.shape[0])}
+        for measure in measures:
+            start = time.perf_counter()
+            if measure == "hull_distance":
+                h = hulls[k]
+                row = {"value": h.distance, "lower": h.lower, "upper": h.upper, "method": h.method,
+                       "status": h.status}
+                seconds = hull_seconds
+            elif measure == "md_lsm":
+                r = md_lsm(A, B, md_lsm_method, seed=seed, hull=hulls[k])
+                row = {"value": r.value, "lower": r.lower, "upper": r.upper, "method": r.method, "status": r.status}
+                seconds = time.perf_counter() - start
+            elif measure == "separable_subset":
+                r = separable_subset_fraction(A, B, subset_method, seed=seed, hull=hulls[k])
+                row = {"value": r.value, "lower": r.lower, "upper": r.upper, "method": r.method, "status": r.status}
+                seconds = time.perf_counter() - start
+            else:
+                if A.shape[0] < 2 or B.shape[0] < 2:
+                    row = {"value": float("nan"), "lower": float("nan"), "upper": float("nan"),
+                           "method": "logistic probe", "status": "too_few_points"}
+                else:
+                    p = linear_probe(A, B, test_fraction=probe_test_fraction, seed=seed)
+                    row = {"value": p.accuracy, "lower": p.lower, "upper": p.upper,
+                           "method": f"logistic probe (held-out {probe_test_fraction:g}, Wilson 95%)",
+                           "status": f"n_test={p.n_test}"}
+                seconds = time.perf_counter() - start
+            rows.append({**pair, "measure": measure, **row, "seconds": seconds})
+        bar.update(1)
+    return rows
+
+
+def separability_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per layer and measure (and per epoch/step when present), in the table's order.
+
+    Columns: the grouping keys, ``mean``, ``min``, ``max`` of ``value``, ``mean_lower``,
+    ``mean_upper``, ``n_pairs`` and ``frac_separable`` — the fraction of pairs certified
+    separable (hull distance: ``lower > 0``; MD-LSM and separable subset: ``lower == 1``;
+    NaN for the probe, whose accuracy certifies nothing).
+
+    Examples
+    --------
+    >>> import torch
+    >>> y = torch.tensor([0] * 10 + [1] * 10)
+    >>> X = torch.randn(20, 3, generator=torch.Generator().manual_seed(0)) + 4 * y[:, None]
+    >>> s = separability_summary(layer_separability({"x": X}, y, measures=("hull_distance",)))
+    >>> s[["layer", "measure", "n_pairs", "frac_separable"]].values.tolist()
+    [['x', 'hull_distance', 1, 1.0]]
+    """
+    if not isinstance(table, pd.DataFrame):
+        raise TypeError(f"table: expected the DataFrame of layer_separability, got {describe(table)}")
+    needed = {"layer", "measure", "value", "lower", "upper"}
+    missing = needed - set(table.columns)
+    if missing:
+        raise ValueError(f"table: expected columns {sorted(needed)}, got {list(table.columns)} "
+                         f"(missing {sorted(missing)})")
+    keys = [c for c in ("epoch", "step", "layer", "measure") if c in table.columns]
+    t = table.copy()
+    certified = pd.Series(float("nan"), index=t.index)
+    hull = t["measure"] == "hull_distance"
+    certified[hull] = (t.loc[hull, "lower"] > 0).astype(float)
+    frac = t["measure"].isin(["md_lsm", "separable_subset"])
+    certified[frac] = (t.loc[frac, "lower"] >= 1).astype(float)
+    t["_certified"] = certified
+    grouped = t.groupby(keys, sort=False, dropna=False)
+    out = grouped.agg(mean=("value", "mean"), min=("value", "min"), max=("value", "max"),
+                      mean_lower=("lower", "mean"), mean_upper=("upper", "mean"), n_pairs=("value", "size"),
+                      frac_separable=("_certified", "mean")).reset_index()
+    return out

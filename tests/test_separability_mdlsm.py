@@ -1,0 +1,239 @@
+"""MD-LSM (Zhang et al. 2023): exact pair counts, exact MILP against brute force, bounds, invariances."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sepmeasure.separability import hull_distance, md_lsm, pair_fraction
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """The solvers run many small dense operations; one intra-op thread avoids oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def brute_pair_count(A: np.ndarray, B: np.ndarray, w: np.ndarray) -> int:
+    """Pairs with w.a > w.b, by the double loop."""
+    return sum(1 for a in A for b in B if float(w @ a) > float(w @ b))
+
+
+def brute_mdlsm_2d(A: np.ndarray, B: np.ndarray) -> float:
+    """Exact MD-LSM in 2-D: the count is constant on the open sectors between the critical angles
+    (directions perpendicular to some a_i - b_j), so evaluating one direction inside every sector
+    (the bisector of consecutive critical angles) finds the maximum."""
+    diffs = [a - b for a in A for b in B if np.any(a != b)]
+    if not diffs:
+        return 0.0
+    crit = sorted({(math.atan2(d[1], d[0]) + math.pi / 2) % (2 * math.pi) for d in diffs}
+                  | {(math.atan2(d[1], d[0]) - math.pi / 2) % (2 * math.pi) for d in diffs})
+    best = 0
+    for k, lo in enumerate(crit):
+        hi = crit[(k + 1) % len(crit)] + (2 * math.pi if k + 1 == len(crit) else 0.0)
+        for theta in ((lo + hi) / 2, lo):        # inside the sector, and on the boundary itself
+            w = np.array([math.cos(theta), math.sin(theta)])
+            best = max(best, brute_pair_count(A, B, w))
+    return best / (len(A) * len(B))
+
+
+def random_sets(seed, n, m, d, shift=0.5, integer=False):
+    rng = np.random.default_rng(seed)
+    if integer:
+        A = rng.integers(-2, 3, size=(n, d)).astype(float)
+        B = rng.integers(-2, 3, size=(m, d)).astype(float)
+    else:
+        A = rng.normal(size=(n, d))
+        B = rng.normal(size=(m, d)) + shift
+    return torch.tensor(A), torch.tensor(B)
+
+
+# ----------------------------------------------------------------------------
+# pair_fraction: exact sorting count
+# ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("integer", [False, True])
+def test_pair_fraction_matches_double_loop_including_ties(seed, integer):
+    A, B = random_sets(seed, 7 + seed, 5 + 2 * seed, 3, integer=integer)
+    w = torch.tensor([1.0, 0.0, 1.0]) if integer else torch.randn(3, generator=torch.Generator().manual_seed(seed))
+    w = w.double()
+    n, m = A.shape[0], B.shape[0]
+    up = brute_pair_count(A.numpy(), B.numpy(), w.numpy())
+    down = brute_pair_count(A.numpy(), B.numpy(), -w.numpy())
+    assert pair_fraction(A, B, w) == up / (n * m)
+    assert pair_fraction(A, B, -w) == down / (n * m)
+    ties = sum(1 for a in A.numpy() for b in B.numpy() if float(w.numpy() @ a) == float(w.numpy() @ b))
+    assert up + down + ties == n * m
+    if integer:
+        assert ties > 0   # the integer grid makes ties, which count for neither side
+
+
+def test_pair_fraction_counts_only_strict_order():
+    A = torch.tensor([[1.0], [3.0]])
+    B = torch.tensor([[2.0], [3.0]])
+    assert pair_fraction(A, B, torch.tensor([1.0])) == 0.25
+    assert pair_fraction(A, B, torch.tensor([-1.0])) == 0.5
+
+
+# ----------------------------------------------------------------------------
+# md_lsm exact against brute force
+# ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", range(8))
+def test_exact_matches_brute_force_in_2d(seed):
+    n, m = 3 + seed % 3, 3 + (seed // 3) % 3
+    A, B = random_sets(seed, n, m, 2, shift=0.4)
+    brute = brute_mdlsm_2d(A.numpy(), B.numpy())
+    r = md_lsm(A, B, method="exact")
+    assert r.method == "exact"
+    assert r.value == pytest.approx(brute, abs=1e-12)
+    assert r.lower <= brute + 1e-12 <= r.upper + 2e-12
+    assert r.status == "optimal"
+    assert pair_fraction(A, B, r.normal) == r.value     # attained by the returned normal
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_exact_matches_brute_force_with_ties_and_shared_points(seed):
+    A, B = random_sets(seed, 4, 4, 2, integer=True)
+    B[0] = A[0]                                          # one shared point: a coincident pair
+    brute = brute_mdlsm_2d(A.numpy(), B.numpy())
+    r = md_lsm(A, B, method="exact")
+    assert r.value == pytest.approx(brute, abs=1e-12)
+    assert r.lower <= brute + 1e-12 <= r.upper + 1e-12
+    assert r.coincident_pairs >= 1
+
+
+@pytest.mark.parametrize("seed,d", [(0, 2), (1, 3), (2, 3), (3, 4)])
+def test_approx_bounds_contain_exact(seed, d):
+    A, B = random_sets(seed, 5, 6, d, shift=0.3)
+    exact = md_lsm(A, B, method="exact")
+    approx = md_lsm(A, B, method="approx")
+    assert approx.method == "approx"
+    assert approx.lower <= exact.value + 1e-12 <= approx.upper + 1e-12
+    assert exact.lower <= exact.value <= exact.upper
+    assert approx.value == pair_fraction(A, B, approx.normal)
+
+
+def test_value_is_one_exactly_iff_separable():
+    A, B = random_sets(0, 40, 50, 5, shift=4.0)
+    assert hull_distance(A, B).separable is True
+    for method in ("approx", "exact"):
+        r = md_lsm(A[:6], B[:6], method=method) if method == "exact" else md_lsm(A, B, method=method)
+        assert r.value == 1.0 and r.lower == 1.0 and r.upper == 1.0
+    A, B = random_sets(1, 60, 60, 3, shift=0.2)
+    h = hull_distance(A, B)
+    assert h.separable is False
+    r = md_lsm(A, B)
+    assert 0.5 <= r.value < 1.0
+    assert r.upper < 1.0            # the overlap certificate proves some pair is always lost
+
+
+def test_range_with_shared_points():
+    """A = B: every generic direction counts exactly half of the non-coincident pairs."""
+    A = torch.tensor([[0.0, 0.0], [1.0, 0.3], [0.2, 2.0], [-1.0, 0.5]])
+    k = A.shape[0]
+    expected = (1 - 1 / k) / 2          # (1 - t0) / 2 with t0 = k / k^2
+    r = md_lsm(A, A.clone(), method="exact")
+    assert r.value == pytest.approx(expected, abs=1e-12)
+    assert r.upper == pytest.approx(expected, abs=1e-12)
+    assert md_lsm(A, A.clone(), method="approx").value == pytest.approx(expected, abs=1e-12)
+    one = torch.tensor([[1.0, 2.0]])
+    assert md_lsm(one, one.clone()).value == 0.0
+
+
+def test_large_sets_use_approx_and_stay_above_half():
+    A, B = random_sets(3, 300, 250, 10, shift=0.15)
+    r = md_lsm(A, B)
+    assert r.method == "approx" and r.n_pairs == 300 * 250
+    assert 0.5 <= r.lower == r.value <= r.upper <= 1.0
+    assert r.value == pair_fraction(A, B, r.normal)
+
+
+def test_time_limit_is_reported_with_valid_bounds():
+    A, B = random_sets(5, 11, 11, 2, shift=0.3)
+    r = md_lsm(A, B, method="exact", time_limit=1e-3)
+    assert r.status.startswith(("time_limit", "optimal", "gap"))
+    assert r.lower <= r.upper
+    assert r.value == pair_fraction(A, B, r.normal)
+
+
+# ----------------------------------------------------------------------------
+# Invariances (hypothesis, exact method on small sets)
+# ----------------------------------------------------------------------------
+
+small = dict(seed=st.integers(0, 100_000), n=st.integers(1, 4), m=st.integers(1, 4),
+             shift=st.floats(-1.0, 1.0))
+
+
+@settings(max_examples=20, deadline=None)
+@given(**small, entries=st.lists(st.floats(-2, 2), min_size=4, max_size=4), t=st.lists(st.floats(-10, 10),
+                                                                                      min_size=2, max_size=2))
+def test_invariant_under_linear_maps_and_translation(seed, n, m, shift, entries, t):
+    L = torch.tensor(entries, dtype=torch.float64).reshape(2, 2)
+    s = torch.linalg.svdvals(L)
+    if float(s[-1]) < 0.1 * float(s[0]) or float(s[-1]) < 1e-2:
+        L = L + 2 * torch.eye(2, dtype=torch.float64)   # keep the map well conditioned and invertible
+    A, B = random_sets(seed, n, m, 2, shift=shift)
+    tv = torch.tensor(t, dtype=torch.float64)
+    base = md_lsm(A, B, method="exact").value
+    assert md_lsm(A @ L.T, B @ L.T, method="exact").value == pytest.approx(base, abs=1e-12)
+    assert md_lsm(A + tv, B + tv, method="exact").value == pytest.approx(base, abs=1e-12)
+
+
+@settings(max_examples=15, deadline=None)
+@given(**small)
+def test_invariant_under_swap_and_duplication(seed, n, m, shift):
+    A, B = random_sets(seed, n, m, 2, shift=shift)
+    base = md_lsm(A, B, method="exact").value
+    assert md_lsm(B, A, method="exact").value == pytest.approx(base, abs=1e-12)
+    dup = md_lsm(torch.cat([A, A]), torch.cat([B, B]), method="exact", exact_max_pairs=64)
+    assert dup.value == pytest.approx(base, abs=1e-12)
+
+
+# ----------------------------------------------------------------------------
+# Bad input
+# ----------------------------------------------------------------------------
+
+def test_bad_inputs():
+    A, B = torch.zeros(3, 2), torch.ones(2, 2)
+    with pytest.raises(ValueError, match="w: expected a direction with 2 entries"):
+        pair_fraction(A, B, torch.ones(3))
+    with pytest.raises(ValueError, match="w: expected a 1-dimensional tensor"):
+        pair_fraction(A, B, torch.ones(2, 1))
+    with pytest.raises(ValueError, match="B: expected 2 features"):
+        md_lsm(A, torch.ones(2, 3))
+    with pytest.raises(ValueError, match="A: expected at least 1 row"):
+        md_lsm(torch.zeros(0, 2), B)
+    with pytest.raises(ValueError, match="A: expected finite values"):
+        md_lsm(torch.tensor([[float("nan"), 0.0]]), B)
+    with pytest.raises(ValueError, match="B: expected a 2-dimensional tensor"):
+        md_lsm(A, torch.ones(2))
+    with pytest.raises(ValueError, match="method: expected one of"):
+        md_lsm(A, B, method="milp")
+    with pytest.raises(TypeError, match="hull: expected a HullDistance"):
+        md_lsm(A, B, hull="x")
+    with pytest.raises(ValueError, match="time_limit: expected a finite number > 0"):
+        md_lsm(A, B, time_limit=-1)
+
+
+# ----------------------------------------------------------------------------
+# Devices
+# ----------------------------------------------------------------------------
+
+def test_on_device(device):
+    A, B = random_sets(7, 60, 50, 4, shift=0.4)
+    w = torch.randn(4, dtype=torch.float64)
+    assert pair_fraction(A.to(device), B.to(device), w.to(device)) == pair_fraction(A, B, w)
+    r = md_lsm(A.to(device), B.to(device))
+    assert r.normal.device.type == device.type
+    assert r.value == pair_fraction(A, B, r.normal.cpu())
+    small_a, small_b = A[:4].to(device), B[:4].to(device)
+    assert md_lsm(small_a, small_b, method="exact").value == md_lsm(A[:4], B[:4], method="exact").value

@@ -1,0 +1,227 @@
+"""Per-layer tables, the logistic probe and the training callback."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.optimize import brentq
+from sklearn.linear_model import LogisticRegression
+
+from sepmeasure.capture import record
+from sepmeasure.data import load_dataset
+from sepmeasure.models import MLP
+from sepmeasure.separability import (SeparabilityCallback, balanced_subsample, fit_logistic, hull_distance,
+                                     layer_separability, linear_probe, md_lsm, separability_summary,
+                                     wilson_interval)
+from sepmeasure.training import fit
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """The solvers run many small dense operations; one intra-op thread avoids oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def three_classes(seed=0, n=30, d=5, sep=3.0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(3).repeat_interleave(n)
+    X = torch.randn(3 * n, d, generator=g) + sep * torch.nn.functional.one_hot(y, d).float()
+    return X, y
+
+
+# ----------------------------------------------------------------------------
+# layer_separability
+# ----------------------------------------------------------------------------
+
+def test_table_rows_match_direct_calls():
+    X, y = three_classes()
+    acts = {"a": X, "b": torch.tanh(X @ torch.randn(5, 7, generator=torch.Generator().manual_seed(1)))[:, :, None]}
+    table = layer_separability(acts, y, measures=("md_lsm", "hull_distance", "linear_probe"))
+    assert list(table.columns) == ["layer", "class_a", "class_b", "measure", "value", "lower", "upper", "method",
+                                   "status", "n_a", "n_b", "d", "seed", "max_per_class", "seconds"]
+    assert len(table) == 2 * 3 * 3
+    assert table["layer"].unique().tolist() == ["a", "b"]
+    assert set(table.loc[table.layer == "b", "d"]) == {7}            # [N, 7, 1] is flattened
+    for (a, b) in [(0, 1), (0, 2), (1, 2)]:
+        A, B = X[y == a], X[y == b]
+        rows = table[(table.layer == "a") & (table.class_a == a) & (table.class_b == b)].set_index("measure")
+        h = hull_distance(A, B)
+        assert rows.loc["hull_distance", "value"] == pytest.approx(h.distance, rel=1e-6)
+        assert rows.loc["hull_distance", "lower"] <= h.upper + 1e-9
+        assert rows.loc["md_lsm", "value"] == md_lsm(A, B).value
+        p = linear_probe(A, B)
+        assert rows.loc["linear_probe", "value"] == p.accuracy
+        assert (rows["n_a"] == 30).all() and (rows["n_b"] == 30).all()
+        assert (rows["lower"] <= rows["value"] + 1e-12).all() and (rows["value"] <= rows["upper"] + 1e-12).all()
+
+
+def test_ovr_and_subsampling_are_recorded_and_reproducible():
+    X, y = three_classes(n=40)
+    t1 = layer_separability({"x": X}, y, measures=("hull_distance", "separable_subset"), pairs="ovr",
+                            max_per_class=10, seed=3)
+    t2 = layer_separability({"x": X}, y, measures=("hull_distance", "separable_subset"), pairs="ovr",
+                            max_per_class=10, seed=3)
+    t3 = layer_separability({"x": X}, y, measures=("hull_distance",), pairs="ovr", max_per_class=10, seed=4)
+    pd.testing.assert_frame_equal(t1.drop(columns="seconds"), t2.drop(columns="seconds"))
+    assert t1.attrs["subsample"] == t2.attrs["subsample"] != t3.attrs["subsample"]
+    assert len(t1.attrs["subsample"]) == 30
+    assert set(t1["class_b"]) == {"rest"}
+    assert set(t1["n_a"]) == {10} and set(t1["n_b"]) == {20}
+    assert set(t1["max_per_class"]) == {10} and set(t1["seed"]) == {3}
+    sel = torch.tensor(t1.attrs["subsample"])
+    Xs, ys = X[sel], y[sel]
+    h = hull_distance(Xs[ys == 1], Xs[ys != 1])
+    row = t1[(t1.class_a == 1) & (t1.measure == "hull_distance")].iloc[0]
+    assert row["value"] == pytest.approx(h.distance, rel=1e-6)
+
+
+def test_balanced_subsample():
+    y = torch.tensor([0] * 7 + [1] * 3 + [2] * 5)
+    idx = balanced_subsample(y, 4, seed=0)
+    assert torch.bincount(y[idx]).tolist() == [4, 3, 4]
+    assert idx.tolist() == sorted(idx.tolist())
+    assert balanced_subsample(y, None, seed=0).tolist() == list(range(15))
+
+
+def test_activations_from_record_and_summary():
+    train = load_dataset("gaussians", size=90, seed=0)
+    model = MLP(2, [6, 6], train.n_classes)
+    acts = record(model, (train.X, train.y), layers=["layers.0.act", "layers.1.act"])
+    table = layer_separability(acts, measures=("hull_distance", "md_lsm"))     # labels from acts.labels
+    assert table["layer"].unique().tolist() == ["layers.0.act", "layers.1.act"]
+    summary = separability_summary(table)
+    assert list(summary.columns) == ["layer", "measure", "mean", "min", "max", "mean_lower", "mean_upper",
+                                     "n_pairs", "frac_separable"]
+    for _, s in summary.iterrows():
+        part = table[(table.layer == s["layer"]) & (table.measure == s["measure"])]
+        assert s["mean"] == pytest.approx(part["value"].mean())
+        assert s["n_pairs"] == len(part)
+        cert = (part["lower"] > 0) if s["measure"] == "hull_distance" else (part["lower"] >= 1)
+        assert s["frac_separable"] == pytest.approx(cert.mean())
+
+
+def test_bad_inputs():
+    X, y = three_classes()
+    with pytest.raises(ValueError, match="labels: expected 90 labels"):
+        layer_separability({"x": X}, y[:10])
+    with pytest.raises(ValueError, match="labels: expected at least 2 distinct classes"):
+        layer_separability({"x": X}, torch.zeros(90, dtype=torch.long))
+    with pytest.raises(ValueError, match="measures: expected names from"):
+        layer_separability({"x": X}, y, measures=("auc",))
+    with pytest.raises(ValueError, match="measures: expected at least one"):
+        layer_separability({"x": X}, y, measures=())
+    bad = X.clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"activations\['x'\]: expected finite values"):
+        layer_separability({"x": bad}, y)
+    with pytest.raises(ValueError, match="activations: expected at least one layer"):
+        layer_separability({}, y)
+    with pytest.raises(TypeError, match="activations: expected a Tensor or a mapping"):
+        layer_separability([X], y)
+    with pytest.raises(ValueError, match="labels: expected class labels"):
+        layer_separability({"x": X})
+    with pytest.raises(ValueError, match=r"labels: expected 50 labels \(one per row of activations\['y'\]\), got 90"):
+        layer_separability({"x": X, "y": X[:50]}, y)
+    with pytest.raises(ValueError, match="max_per_class: expected an int >= 1"):
+        layer_separability({"x": X}, y, max_per_class=0)
+    with pytest.raises(ValueError, match="table: expected columns"):
+        separability_summary(pd.DataFrame({"layer": ["a"]}))
+
+
+def test_on_device(device):
+    X, y = three_classes(n=20)
+    table = layer_separability({"x": X.to(device)}, y.to(device), measures=("hull_distance", "md_lsm", "linear_probe"))
+    cpu = layer_separability({"x": X}, y, measures=("hull_distance", "md_lsm", "linear_probe"))
+    h_dev = table[table.measure == "hull_distance"]["value"].to_numpy()
+    h_cpu = cpu[cpu.measure == "hull_distance"]["value"].to_numpy()
+    assert np.allclose(h_dev, h_cpu, rtol=1e-6)
+    assert (table["lower"] <= table["upper"] + 1e-12).all()
+
+
+# ----------------------------------------------------------------------------
+# Probe
+# ----------------------------------------------------------------------------
+
+def test_fit_logistic_matches_scikit_learn():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(200, 4, generator=g, dtype=torch.float64) * torch.tensor([1.0, 3.0, 0.5, 2.0], dtype=torch.float64)
+    y = (X[:, 0] - 0.3 * X[:, 1] + 0.5 * torch.randn(200, generator=g, dtype=torch.float64) > 0.2).long()
+    l2 = 1e-2
+    w, b = fit_logistic(X, y, l2=l2, max_iter=200)
+    # same objective in scikit-learn: standardised features, balanced weights, C = 1 / (l2 * N)
+    mean, std = X.mean(0), X.std(0, unbiased=False)
+    Xs = ((X - mean) / std).numpy()
+    n1 = int(y.sum())
+    sw = np.where(y.numpy() == 1, 0.5 * 200 / n1, 0.5 * 200 / (200 - n1))
+    sk = LogisticRegression(C=1 / (l2 * 200), tol=1e-12, max_iter=10_000).fit(Xs, y.numpy(), sample_weight=sw)
+    w_sk = torch.tensor(sk.coef_[0]) / std
+    b_sk = float(sk.intercept_[0] - (torch.tensor(sk.coef_[0]) * mean / std).sum())
+    assert torch.allclose(w, w_sk, rtol=1e-4, atol=1e-6)
+    assert b == pytest.approx(b_sk, rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("k,n", [(0, 10), (3, 10), (10, 10), (47, 60)])
+def test_wilson_interval_solves_its_defining_equation(k, n):
+    z = 1.959963984540054
+    p_hat = k / n
+    f = lambda p: (p_hat - p) ** 2 - z * z * p * (1 - p) / n  # noqa: E731
+    lo, hi = wilson_interval(k, n)
+    exp_lo = 0.0 if k == 0 else brentq(f, 1e-12, p_hat - 1e-12)
+    exp_hi = 1.0 if k == n else brentq(f, p_hat + 1e-12, 1 - 1e-12)
+    assert lo == pytest.approx(exp_lo, abs=1e-9) and hi == pytest.approx(exp_hi, abs=1e-9)
+
+
+def test_linear_probe_split_and_errors():
+    X, y = three_classes(n=20)
+    A, B = X[y == 0], X[y == 1]
+    p = linear_probe(A, B, test_fraction=0.25, seed=1)
+    assert p.n_test == 10 and p.n_train == 30
+    assert p.lower <= p.accuracy <= p.upper
+    assert linear_probe(A, B, test_fraction=0.25, seed=1).accuracy == p.accuracy
+    with pytest.raises(ValueError, match="A: expected at least 2 points"):
+        linear_probe(A[:1], B)
+    with pytest.raises(ValueError, match=r"test_fraction: expected a number in \(0, 1\)"):
+        linear_probe(A, B, test_fraction=1.0)
+
+
+# ----------------------------------------------------------------------------
+# Callback
+# ----------------------------------------------------------------------------
+
+def test_callback_records_fixed_subset_at_chosen_epochs():
+    train = load_dataset("gaussians", size=150, seed=1)
+    cb = SeparabilityCallback(layers=["layers.0.act", "head"], measures=("hull_distance", "md_lsm"),
+                              max_per_class=15, epochs=[0, 2], steps=[1])
+    torch.manual_seed(0)
+    model = MLP(2, [8], train.n_classes)
+    history = fit(model, train, epochs=2, progress=False, callbacks=[cb])
+    table = cb.table
+    assert set(table["trigger"]) == {"epoch", "step"}
+    assert set(table[table["trigger"] == "epoch"]["epoch"]) == {0, 2}
+    assert table[table["trigger"] == "step"]["step"].unique().tolist() == [1]
+    assert set(table["layer"]) == {"layers.0.act", "head"}
+    n_pairs = train.n_classes * (train.n_classes - 1) // 2
+    assert len(table) == 3 * 2 * n_pairs * 2
+    assert len(cb.indices) == 15 * train.n_classes
+    measured = history.attrs["measurements"]
+    assert len(measured) == len(table)
+    # the epoch-2 rows equal a direct computation on the same subset with the trained model
+    X, y = train.X[cb.indices], train.y[cb.indices]
+    acts = record(model, (X, y), layers=["layers.0.act"], pool="flatten")
+    rows = table[(table["epoch"] == 2) & (table["trigger"] == "epoch") & (table["measure"] == "hull_distance")
+                 & (table["layer"] == "layers.0.act")]
+    for _, row in rows.iterrows():
+        H = acts["layers.0.act"]
+        h = hull_distance(H[y == row["class_a"]], H[y == row["class_b"]])
+        assert row["value"] == pytest.approx(h.distance, rel=1e-6, abs=1e-9)
+
+
+def test_callback_rejects_unknown_options():
+    with pytest.raises(TypeError, match="options: expected keyword arguments of layer_separability"):
+        SeparabilityCallback(colour="red")
+    with pytest.raises(ValueError, match="measures: expected names from"):
+        SeparabilityCallback(measures=("nope",))
