@@ -14,6 +14,9 @@ __all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes"]
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``, on error remove it.
 
+    The temporary name ends with ``suffix`` (e.g. ``".npy"``), so writers that append an
+    extension they do not see (``numpy.save``) write to the yielded path itself.
+
     Examples
     --------
     >>> import numpy as np, tempfile, pathlib
@@ -25,7 +28,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + suffix, dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
