@@ -165,6 +165,10 @@ def _pool_flatten(t: torch.Tensor) -> torch.Tensor:
 def _pool_mean(t: torch.Tensor) -> torch.Tensor:
     if t.ndim <= 2:
         return t
+    if t.ndim == 3:
+        return t.mean(-1)
+    if t.is_contiguous():
+        return t.flatten(2).mean(-1)
     return t.mean(dim=tuple(range(2, t.ndim)))
 
 
@@ -341,15 +345,13 @@ class ActivationRecorder:
         self._calls.clear()
 
     def _make_hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
-        recorder = self
-
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             raw = _first_tensor(output, name)
-            k = recorder._calls.get(name, 0)
-            recorder._calls[name] = k + 1
-            recorder._fired[name] += 1
-            t = raw.detach() if recorder._detach and raw.requires_grad else raw
-            recorder._sink(name if k == 0 else f"{name}#{k}", recorder._pool(t), raw)
+            k = self._calls.get(name, 0)
+            self._calls[name] = k + 1
+            self._fired[name] += 1
+            t = raw.detach() if self._detach and raw.requires_grad else raw
+            self._sink(name if k == 0 else f"{name}#{k}", self._pool(t), raw)
 
         return hook
 

@@ -338,6 +338,14 @@ def test_pool_modes(net, shape):
         assert_close(record(model, x, layers="act", pool=spec, batch_size=4)["act"], expected[pool])
 
 
+def test_mean_pool_on_channels_last_output():
+    model = Conv2dNet().to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 5, 6).to(memory_format=torch.channels_last)
+    ref = torch.relu(model.conv(x))
+    assert not ref.is_contiguous()
+    assert_close(record(model, x, layers="act", pool="mean")["act"], ref.mean((2, 3)))
+
+
 def test_mean_pool_is_identity_on_2d_outputs():
     model = nested_model()
     x = torch.randn(4, 5)
