@@ -9,6 +9,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
 
+from .claims import Claim, ClaimResult, ClosedForm, CoMovement, Comparison, MonotoneTrend, Threshold, claims_frame
 from .capture import ActivationRecorder, Activations, record, select_layers
 from .data import DATASETS, LabeledData, Split, as_dataset, load_dataset, load_npz
 from .kernels import (GateOverlap, KernelDiagnostics, KernelSpectrum, effective_rank, empirical_ntk, gate_overlap,
@@ -25,6 +26,8 @@ from .separability import (MDLSM, HullDistance, HullSolverError, ProbeResult, Se
                            SubsetFraction, hull_distance, layer_separability, linear_probe, md_lsm, pair_fraction,
                            pairwise_hull_distances, separability_summary, separable_subset_fraction,
                            subset_fraction)
+from .report import FigureSpec, write_report, write_study_report
+from .study import Study, StudyResult, expand_grid, make_executor
 from .training import Callback, TrainingState, evaluate, fit
 
 __all__ = [
@@ -49,4 +52,7 @@ __all__ = [
     # paths
     "PathGraph", "PathLayer", "path_graph", "average_path_length", "path_length_distribution",
     "AveragePathLength", "PathLengthDistribution",
+    # studies, claims, reports
+    "Study", "StudyResult", "expand_grid", "make_executor", "Claim", "MonotoneTrend", "Comparison", "CoMovement",
+    "ClosedForm", "Threshold", "ClaimResult", "claims_frame", "FigureSpec", "write_report", "write_study_report",
 ]

@@ -557,7 +557,8 @@ class Claim:
                                           random_state=self.random_state)
         direction, bound, partial = self._decision()
         if n == 0:
-            verdict, reason = "inconclusive", "no rows with a finite effect match the claim"
+            verdict, reason = ("inconclusive", "no seed has a finite effect: no rows match the claim, or its "
+                                               "statistic is undefined on them (e.g. a measure that does not vary)")
         else:
             verdict, reason = decide(lower, upper, n, direction=direction, bound=bound, partial=partial,
                                      min_seeds=self.min_seeds)

@@ -555,7 +555,7 @@ def _remove_stale_temporaries(folder: Path) -> int:
     """Remove temporary files left by a writer that was killed mid-write."""
     removed = 0
     if folder.is_dir():
-        for tmp in folder.glob(".*.tmp"):
+        for tmp in folder.glob(".*.tmp*"):
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
                 removed += 1
@@ -815,14 +815,25 @@ class Study:
         check_choice(mode, "mode", MODES)
         if threads is not None:
             threads = check_int(threads, "threads", minimum=1)
+        if isinstance(executor, str):
+            check_choice(executor, "executor", EXECUTORS)
+            if scheduler is not None and executor != "dask":
+                raise ValueError(f"scheduler: only used with executor='dask', got executor={executor!r} and "
+                                 f"scheduler={scheduler!r}")
+        elif isinstance(executor, LocalExecutor):
+            if scheduler is not None:
+                raise ValueError("scheduler: pass it to make_executor when giving an executor object")
+        else:
+            raise TypeError(f"executor: expected one of {EXECUTORS} or an executor from make_executor, got "
+                            f"{describe(executor)}")
         out_root = _check_out_dir(out)
         configs = self.configurations(mode, seeds)
         study_dir = out_root / self.name
         runs = study_dir / "runs"
         runs.mkdir(parents=True, exist_ok=True)
         _remove_stale_temporaries(runs)
-        _remove_stale_temporaries(study_dir / "tables")
-        _remove_stale_temporaries(study_dir)
+        for folder in (study_dir, study_dir / "tables", study_dir / "figures"):
+            _remove_stale_temporaries(folder)
 
         keys = [config_hash(self.name, c) for c in configs]
         records: dict[str, dict[str, Any]] = {}
@@ -866,8 +877,6 @@ class Study:
 
         configs = dict(todo)
         owned = not isinstance(executor, LocalExecutor)
-        if not owned and scheduler is not None:
-            raise ValueError("scheduler: pass it to make_executor when giving an executor object")
         ex = make_executor(executor, scheduler=scheduler, workers=workers) if owned else executor
         bar = tqdm(total=total, initial=total - len(todo), desc=self.name, unit="config", disable=not progress,
                    dynamic_ncols=True)

@@ -34,7 +34,7 @@ MEASURES = ("md_lsm", "hull_distance", "linear_probe")
 # by every trained network here, so the measures would saturate.
 _COMMON_QUICK = {"dataset": "mnist1d", "n_data": 3000, "epochs": 15, "per_class": 30, "classes": (0, 1, 2, 3, 4),
                  "pairs": "ovr", "lr": 0.003, "batch_size": 64}
-_COMMON_FULL = {"dataset": "mnist1d", "n_data": 4000, "epochs": 25, "per_class": 50, "classes": tuple(range(10)),
+_COMMON_FULL = {"dataset": "mnist1d", "n_data": 4000, "epochs": 25, "per_class": 30, "classes": tuple(range(10)),
                 "pairs": "ovr", "lr": 0.003, "batch_size": 64}
 # Quick: every activation at one size, and width and depth varied around it with relu.
 QUICK = [
@@ -163,14 +163,14 @@ FIGURES = [
 ]
 
 STUDY = Study(
-    name="s2_architecture", run_one=run_one, quick=QUICK, full=FULL, seeds={"quick": 3, "full": 5},
+    name="s2_architecture", run_one=run_one, quick=QUICK, full=FULL, seeds={"quick": 3, "full": 4},
     title="S2 — Activation function, width and depth", paper=PAPER,
     description=("MLPs are trained on mnist1d with Adam over a grid of activation functions, widths and depths "
                  "(quick: every activation at width 32 and depth 2, widths 8/32/128 and depths 1/2/4 with relu, "
                  "3000 samples and 15 epochs, classes 0-4 each against the other four with 30 points each; full: "
-                 "the whole product, 4000 samples and 25 epochs, all 10 classes with 50 points each). After training each "
-                 "hidden layer's outputs on a fixed training subset are measured with MD-LSM, the hull distance "
-                 "(also relative to the layer's spread) and a held-out linear probe."),
+                 "the whole product, 4000 samples and 25 epochs, all 10 classes with 30 points each, 4 seeds). "
+                 "After training each hidden layer's outputs on a fixed training subset are measured with "
+                 "MD-LSM, the hull distance (also relative to the layer's spread) and a held-out linear probe."),
     claims=_claims(), summarize=summarize, figures=FIGURES, version="2")
 
 if __name__ == "__main__":

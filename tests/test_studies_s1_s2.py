@@ -165,6 +165,8 @@ def test_s2_verdicts_on_synthetic_results():
     assert results["deeper-more-separable"].verdict == "inconclusive"
     flipped = evaluate_all(S2, S2.summarize(s2_results(width_effect=-0.02)))
     assert flipped["wider-more-separable"].verdict == "not supported"
+    assert {g.group for g in results["wider-more-separable"].groups} == {
+        "measure=md_lsm", "measure=relative_hull_distance", "measure=linear_probe"}
     for spec in S2.figures:
         assert render_figure(spec, tables[spec.table])[:4] == b"\x89PNG"
 

@@ -384,6 +384,13 @@ def test_bad_run_arguments(tmp_path):
         s.run(executor="threads", out=tmp_path, progress=False)
     with pytest.raises(ValueError, match="scheduler: only used with executor='dask'"):
         s.run(executor="local", scheduler="tcp://127.0.0.1:1", out=tmp_path, progress=False)
+    with pytest.raises(TypeError, match="executor: expected one of"):
+        s.run(executor=3, out=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="scheduler: pass it to make_executor"):
+        s.run(executor=make_executor("local"), scheduler="tcp://127.0.0.1:1", out=tmp_path, progress=False)
+    s.run(out=tmp_path, progress=False)  # everything cached now: bad executors are still refused
+    with pytest.raises(ValueError, match="executor"):
+        s.run(executor="threads", out=tmp_path, progress=False)
 
 
 def _closed_port() -> int:
