@@ -74,6 +74,15 @@ def test_atomic_write_replaces_or_leaves_nothing(tmp_path):
     assert sorted(os.listdir(target.parent)) == ["out.txt"]
 
 
+def test_atomic_write_gives_ordinary_file_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        target = atomic_write_text(tmp_path / "perm.txt", "x")
+    finally:
+        os.umask(old)
+    assert target.stat().st_mode & 0o777 == 0o644
+
+
 def test_seed_everything_is_reproducible():
     g = seed_everything(11)
     a = (torch.rand(3), np.random.rand(3), torch.rand(2, generator=g))
