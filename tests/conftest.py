@@ -23,6 +23,16 @@ def device(request) -> torch.device:
     return dev
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """The suite's tensors are small: one thread avoids OpenMP hand-off costs, which grow large
+    when the machine is busy. Code under test never depends on the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _fixed_seed():
     torch.manual_seed(0)

@@ -20,14 +20,6 @@ from sepmeasure.training import Callback, fit
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tensors here are tiny: one thread avoids OpenMP hand-off costs (large on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def psd(n: int, rank: int, device, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)

@@ -17,14 +17,6 @@ from sepmeasure.models import CNN, MLP, ResNet
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tensors here are tiny: one thread avoids OpenMP hand-off costs (large on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def relu_gates(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """1[input > 0] of every nn.ReLU module, captured independently of the library."""

@@ -17,14 +17,6 @@ from sepmeasure.models import CNN, MLP, ResNet
 TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tensors here are tiny: one thread avoids OpenMP hand-off costs (large on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 METHODS = ("jacobian", "ntvp", "structured", "auto")
 
 

@@ -13,14 +13,6 @@ from sepmeasure.models.masked import (FoldedMLP, LinearityMask, MaskPenalty, app
 from sepmeasure.training import evaluate, fit
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Small models train much faster on one thread, above all on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def mnist1d():

@@ -20,14 +20,6 @@ from hypothesis import strategies as st
 from sepmeasure.separability import HullDistance, HullSolverError, hull_distance, pairwise_hull_distances
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """The solvers run many small dense operations; one intra-op thread avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 ROUND = 1e-12  # float64 rounding slack, relative to the data's scale
 
 

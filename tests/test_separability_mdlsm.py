@@ -12,14 +12,6 @@ from hypothesis import strategies as st
 from sepmeasure.separability import hull_distance, md_lsm, pair_fraction
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """The solvers run many small dense operations; one intra-op thread avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def brute_pair_count(A: np.ndarray, B: np.ndarray, w: np.ndarray) -> int:
     """Pairs with w.a > w.b, by the double loop."""

@@ -12,14 +12,6 @@ from hypothesis import strategies as st
 from sepmeasure.separability import hull_distance, separable_subset_fraction, subset_fraction
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """The solvers run many small dense operations; one intra-op thread avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def brute_kept(sa: np.ndarray, sb: np.ndarray) -> int:
     """Best of both orientations over every threshold between (or beyond) the sorted scores."""

@@ -17,14 +17,6 @@ from sepmeasure.separability import (SeparabilityCallback, balanced_subsample, f
 from sepmeasure.training import fit
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """The solvers run many small dense operations; one intra-op thread avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def three_classes(seed=0, n=30, d=5, sep=3.0):
     g = torch.Generator().manual_seed(seed)
