@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from sepmeasure.validation import check_choice, check_int, describe
+from sepmeasure.validation import check_choice, check_int, compile_name_pattern, describe
 
 __all__ = ["ActivationRecorder", "Activations", "LayerSelector", "record", "select_layers"]
 
@@ -66,11 +66,7 @@ def _match_one(spec: Any, named: list[tuple[str, nn.Module]], name: str) -> list
     names = [n for n, _ in named]
     if isinstance(spec, str):
         if spec.startswith("re:"):
-            try:
-                pattern = re.compile(spec[3:])
-            except re.error as exc:
-                raise ValueError(f"{name}: expected a valid regular expression after 're:', "
-                                 f"got {spec!r} ({exc})") from exc
+            pattern = compile_name_pattern(spec, name)
             return [i for i, n in enumerate(names) if pattern.fullmatch(n)]
         if spec in names:
             return [names.index(spec)]

@@ -5,6 +5,7 @@ Inner code trusts its inputs; these checks run once, at the boundary.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ __all__ = [
     "check_positive",
     "check_int",
     "check_probability",
+    "compile_name_pattern",
     "describe",
 ]
 
@@ -133,3 +135,11 @@ def check_probability(value: Any, name: str) -> float:
     if v > 1:
         raise ValueError(f"{name}: expected a number in [0, 1], got {value!r}")
     return v
+
+
+def compile_name_pattern(spec: str, name: str) -> re.Pattern:
+    """Compile the regular expression of a ``"re:<pattern>"`` name selector (matched with fullmatch)."""
+    try:
+        return re.compile(spec[3:])
+    except re.error as exc:
+        raise ValueError(f"{name}: expected a valid regular expression after 're:', got {spec!r} ({exc})") from exc

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from torch import nn
 from torch.func import functional_call, jvp, vjp, vmap
 from tqdm.auto import tqdm
 
-from ..validation import check_choice, check_features, check_int, describe
+from ..validation import check_choice, check_features, check_int, compile_name_pattern, describe
 
 __all__ = ["NTK_METHODS", "NTK_OUTPUTS", "ParameterSelector", "empirical_ntk", "select_parameters"]
 
@@ -129,11 +128,7 @@ def _match_parameters(spec: Any, canonical: dict[str, torch.Tensor], alias: dict
                       all_names: list[str], name: str) -> set[str]:
     if isinstance(spec, str):
         if spec.startswith("re:"):
-            try:
-                pattern = re.compile(spec[3:])
-            except re.error as exc:
-                raise ValueError(f"{name}: expected a valid regular expression after 're:', got {spec!r} "
-                                 f"({exc})") from exc
+            pattern = compile_name_pattern(spec, name)
             return {alias[n] for n in all_names if pattern.fullmatch(n)}
         if spec in alias:
             return {alias[spec]}
