@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from sepmeasure._memory import empty_host
 from sepmeasure.validation import check_choice, check_int, compile_name_pattern, describe
 
 __all__ = ["ActivationRecorder", "Activations", "LayerSelector", "record", "select_layers"]
@@ -658,7 +659,7 @@ class _BufferWriter:
     def _allocate(self, key: str, t: torch.Tensor) -> torch.Tensor:
         shape = (self.n_total, *t.shape[1:])
         if self.spill_to is None:
-            buf = torch.empty(shape, dtype=t.dtype, device=self.store)
+            buf = empty_host(shape, t.dtype, self.store)
         else:
             path = self.spill_to / _file_name(key, self._taken)
             buf, array = _open_spill_file(path, key, shape, t.dtype)
