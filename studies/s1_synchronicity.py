@@ -24,6 +24,7 @@ from sepmeasure.claims import CoMovement, MonotoneTrend, sign_agreement
 from sepmeasure.data import load_dataset
 from sepmeasure.models.standard import CNN, MLP
 from sepmeasure.report import FigureSpec
+from sepmeasure.separability import add_relative_hull_distance, class_subsample
 from sepmeasure.study import Study
 from sepmeasure.training import Callback, evaluate, fit
 
@@ -66,31 +67,6 @@ def build_model(config: dict, n_features: int, in_shape: tuple, n_classes: int) 
     return CNN(channels, widths, n_classes, dim=dim, activation=config.get("activation", "relu"))
 
 
-def fixed_subset(X: torch.Tensor, y: torch.Tensor, classes: list[int], per_class: int, seed: int):
-    """The same ``per_class`` training points of each chosen class at every measurement (seeded)."""
-    g = torch.Generator().manual_seed(seed)
-    picks = []
-    for c in classes:
-        idx = torch.nonzero(y == c).flatten()
-        picks.append(idx[torch.randperm(idx.numel(), generator=g)[:per_class]])
-    idx = torch.cat(picks)
-    return X[idx], y[idx]
-
-
-def with_relative_hull_distance(table: pd.DataFrame, acts) -> pd.DataFrame:
-    """Add ``relative_hull_distance`` rows: the hull distance over the layer's RMS spread."""
-    spread = {}
-    for name, x in acts.items():
-        x = x.reshape(x.shape[0], -1).double()
-        spread[name] = float((x - x.mean(0)).pow(2).sum(1).mean().sqrt())
-    hull = table[table["measure"] == "hull_distance"].copy()
-    scale = hull["layer"].map(spread)
-    for col in ("value", "lower", "upper"):
-        hull[col] = hull[col] / scale
-    hull["measure"] = "relative_hull_distance"
-    return pd.concat([table, hull.assign(layer_spread=scale)], ignore_index=True)
-
-
 class HiddenSeparability(Callback):
     """Records every hidden layer's separability on a fixed subset, and the training accuracy."""
 
@@ -107,7 +83,7 @@ class HiddenSeparability(Callback):
                       device=state.device, to=state.device)
         table = layer_separability(acts, self.y.to(state.device), measures=MEASURES, pairs=self.pairs,
                                    max_per_class=None, seed=self.seed, device=state.device)
-        table = with_relative_hull_distance(table.drop(columns=["seed"], errors="ignore"), acts)
+        table = add_relative_hull_distance(table.drop(columns=["seed"], errors="ignore"), acts)
         table = table.assign(layer_index=table["layer"].map(self.layers), kind="separability")
         acc = evaluate(state.model, state.train, device=state.device)
         extra = pd.DataFrame([{"kind": "train_accuracy", "value": acc["accuracy"], "loss": acc["loss"]}])
@@ -121,7 +97,8 @@ def run_one(config: dict, device: str | None = None) -> pd.DataFrame:
     train, test = load_dataset(config["dataset"], split="both", seed=seed, size=size)
     model = build_model(config, train.n_features, train.input_shape, train.n_classes)
     layers = {f"layers.{i}.act": i + 1 for i in range(config["depth"])}
-    X, y = fixed_subset(train.X, train.y, config["classes"], config["per_class"], seed)
+    keep = class_subsample(train.y, config["classes"], config["per_class"], seed)
+    X, y = train.X[keep], train.y[keep]
     probe = HiddenSeparability(X, y, layers, seed, config["pool"], config["pairs"], epochs="all",
                                steps=config["early_steps"])
     history = fit(model, train, test, epochs=config["epochs"], lr=config["lr"], optimizer="adam",

@@ -19,6 +19,7 @@ from sepmeasure.claims import Comparison, MonotoneTrend
 from sepmeasure.data import load_dataset
 from sepmeasure.models.standard import MLP
 from sepmeasure.report import FigureSpec
+from sepmeasure.separability import add_relative_hull_distance, class_subsample
 from sepmeasure.study import Study
 from sepmeasure.training import evaluate, fit
 
@@ -45,32 +46,6 @@ QUICK = [
 FULL = [{**_COMMON_FULL, "activation": ACTIVATIONS, "width": [8, 32, 128], "depth": [1, 2, 4]}]
 
 
-def fixed_subset(X: torch.Tensor, y: torch.Tensor, classes: list[int], per_class: int, seed: int):
-    """The same ``per_class`` training points of each chosen class (seeded)."""
-    g = torch.Generator().manual_seed(seed)
-    picks = []
-    for c in classes:
-        idx = torch.nonzero(y == c).flatten()
-        picks.append(idx[torch.randperm(idx.numel(), generator=g)[:per_class]])
-    idx = torch.cat(picks)
-    return X[idx], y[idx]
-
-
-def with_relative_hull_distance(table: pd.DataFrame, acts) -> pd.DataFrame:
-    """Add ``relative_hull_distance`` rows: the hull distance over the layer's RMS spread (the
-    root-mean-square distance of the subset to its centroid), comparable across layers and widths."""
-    spread = {}
-    for name, x in acts.items():
-        x = x.reshape(x.shape[0], -1).double()
-        spread[name] = float((x - x.mean(0)).pow(2).sum(1).mean().sqrt())
-    hull = table[table["measure"] == "hull_distance"].copy()
-    scale = hull["layer"].map(spread)
-    for col in ("value", "lower", "upper"):
-        hull[col] = hull[col] / scale
-    hull["measure"] = "relative_hull_distance"
-    return pd.concat([table, hull.assign(layer_spread=scale)], ignore_index=True)
-
-
 def run_one(config: dict, device: str | None = None) -> pd.DataFrame:
     from sepmeasure.separability import layer_separability
 
@@ -82,11 +57,12 @@ def run_one(config: dict, device: str | None = None) -> pd.DataFrame:
     fit(model, train, test, epochs=config["epochs"], lr=config["lr"], optimizer="adam",
         batch_size=config["batch_size"], seed=seed, device=device, progress=False)
     layers = {f"layers.{i}.act": i + 1 for i in range(config["depth"])}
-    X, y = fixed_subset(train.X, train.y, config["classes"], config["per_class"], seed)
+    keep = class_subsample(train.y, config["classes"], config["per_class"], seed)
+    X, y = train.X[keep], train.y[keep]
     acts = record(model, X.to(device), layers=list(layers), pool="flatten", device=device, to=device)
     table = layer_separability(acts, y.to(device), measures=MEASURES, pairs=config["pairs"], max_per_class=None,
                                seed=seed, device=device)
-    table = with_relative_hull_distance(table.drop(columns=["seed"], errors="ignore"), acts)
+    table = add_relative_hull_distance(table.drop(columns=["seed"], errors="ignore"), acts)
     table = table.assign(layer_index=table["layer"].map(layers), relative_depth=table["layer"].map(layers)
                          / config["depth"], kind="separability")
     accuracy = [{"kind": "accuracy", "split": split, "value": evaluate(model, data, device=device)["accuracy"]}

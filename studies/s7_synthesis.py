@@ -43,6 +43,7 @@ from sepmeasure.data import load_dataset
 from sepmeasure.models import (MLP, LinearizationSchedule, MaskPenalty, SparsityPrior, apply_masks, linear_fraction,
                                make_linearizable, nonlinear_fraction)
 from sepmeasure.report import FigureSpec
+from sepmeasure.separability import class_subsample
 from sepmeasure.study import Study
 from sepmeasure.training import evaluate, fit
 
@@ -107,18 +108,6 @@ def permutation_correlation(x, y, n_perm: int = N_PERM, seed: int = 0) -> dict[s
     return {"rho": rho, "null_mean": float(null.mean()), "null_q95": float(np.quantile(null, 0.95)), "p_value": p,
             "excess": rho - float(null.mean()), "exact": float(exact)}
 
-
-def fixed_subset(X: torch.Tensor, y: torch.Tensor, classes, per_class: int, seed: int):
-    """The same ``per_class`` training points of each chosen class (seeded)."""
-    g = torch.Generator().manual_seed(seed)
-    picks = []
-    for c in classes:
-        idx = torch.nonzero(y == c).flatten()
-        picks.append(idx[torch.randperm(idx.numel(), generator=g)[:per_class]])
-    idx = torch.cat(picks)
-    return X[idx], y[idx]
-
-
 def run_one(config: dict, device: str | None = None) -> pd.DataFrame:
     from sepmeasure.separability import layer_separability
 
@@ -141,7 +130,8 @@ def run_one(config: dict, device: str | None = None) -> pd.DataFrame:
                  "value": evaluate(plain, test, device=device)["accuracy"]})
 
     # 1. separability of every hidden layer's input in the trained plain network
-    X, y = fixed_subset(train.X, train.y, config["classes"], config["per_class"], seed)
+    keep = class_subsample(train.y, config["classes"], config["per_class"], seed)
+    X, y = train.X[keep], train.y[keep]
     names = [f"layers.{i}.act" for i in range(len(widths))]
     acts = record(plain, X.to(device), layers=names, pool="flatten", device=device, to=device)
     inputs = {"layer_1_input": X.to(device).flatten(1)}

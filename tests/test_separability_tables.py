@@ -11,8 +11,8 @@ from sklearn.linear_model import LogisticRegression
 from sepmeasure.capture import record
 from sepmeasure.data import load_dataset
 from sepmeasure.models import MLP
-from sepmeasure.separability import (SeparabilityCallback, balanced_subsample, fit_logistic, hull_distance,
-                                     layer_separability, linear_probe, md_lsm, separability_summary,
+from sepmeasure.separability import (SeparabilityCallback, add_relative_hull_distance, balanced_subsample,
+                                     class_subsample, fit_logistic, hull_distance, layer_separability, linear_probe, md_lsm, separability_summary,
                                      wilson_interval)
 from sepmeasure.training import fit
 
@@ -77,6 +77,69 @@ def test_balanced_subsample():
     assert torch.bincount(y[idx]).tolist() == [4, 3, 4]
     assert idx.tolist() == sorted(idx.tolist())
     assert balanced_subsample(y, None, seed=0).tolist() == list(range(15))
+
+
+def test_class_subsample_takes_the_chosen_classes_in_order():
+    g = torch.Generator().manual_seed(3)
+    y = torch.randint(0, 6, (200,), generator=g)
+    counts = torch.bincount(y, minlength=6)
+    classes = [4, 1, 5]
+    idx = class_subsample(y, classes, per_class=12, seed=7)
+    assert idx.unique().numel() == idx.numel()  # no row twice
+    blocks = torch.split(idx, [min(12, int(counts[c])) for c in classes])
+    for c, block in zip(classes, blocks):
+        assert bool((y[block] == c).all())
+    # deterministic for a seed, different for another, on any label dtype
+    assert torch.equal(idx, class_subsample(y.to(torch.int32), classes, 12, seed=7))
+    assert not torch.equal(idx, class_subsample(y, classes, 12, seed=8))
+    # a class with fewer rows than asked contributes all of them
+    small = torch.tensor([0, 0, 1, 1, 1, 1])
+    assert sorted(class_subsample(small, [0, 1], 3, seed=0)[:2].tolist()) == [0, 1]
+    # the draw within a class is a uniform permutation: every row of a class is
+    # picked about equally often over many seeds
+    hits = torch.zeros(6)
+    for seed in range(600):
+        hits[class_subsample(small, [1], 2, seed=seed)] += 1
+    assert hits[:2].sum() == 0
+    assert torch.allclose(hits[2:] / 600, torch.full((4,), 0.5), atol=0.08)
+
+
+def test_class_subsample_bad_input():
+    y = torch.tensor([0, 0, 1, 1])
+    with pytest.raises(ValueError, match="classes: .*got \\[3\\] with no rows"):
+        class_subsample(y, [0, 3], 1, seed=0)
+    with pytest.raises(ValueError, match="classes: expected a non-empty"):
+        class_subsample(y, [], 1, seed=0)
+    with pytest.raises(ValueError, match="classes: expected distinct"):
+        class_subsample(y, [1, 1], 1, seed=0)
+    with pytest.raises(ValueError, match="per_class"):
+        class_subsample(y, [0], 0, seed=0)
+    with pytest.raises(ValueError, match="labels: expected a 1-dimensional"):
+        class_subsample(y[None], [0], 1, seed=0)
+
+
+def test_relative_hull_distance_divides_by_the_rms_spread():
+    rng = np.random.default_rng(0)
+    acts = {"a": torch.tensor(rng.normal(size=(30, 4))), "b": torch.tensor(rng.normal(size=(30, 2, 3)) * 5)}
+    table = pd.DataFrame([{"layer": name, "measure": m, "value": v, "lower": v - 0.1, "upper": v + 0.1}
+                          for name, v in (("a", 2.0), ("b", 3.0)) for m in ("hull_distance", "md_lsm")])
+    out = add_relative_hull_distance(table, acts)
+    rel = out[out["measure"] == "relative_hull_distance"].set_index("layer")
+    for name, v in (("a", 2.0), ("b", 3.0)):
+        x = acts[name].numpy().reshape(30, -1)
+        rms = np.sqrt(np.mean(np.sum((x - x.mean(axis=0)) ** 2, axis=1)))
+        assert rel.loc[name, "value"] == pytest.approx(v / rms)
+        assert rel.loc[name, "upper"] == pytest.approx((v + 0.1) / rms)
+        assert rel.loc[name, "layer_spread"] == pytest.approx(rms)
+    # scaling a layer and its hull distance together leaves the relative distance unchanged
+    scaled = add_relative_hull_distance(table.assign(value=table["value"] * 7), {k: 7 * t for k, t in acts.items()})
+    assert scaled[scaled["measure"] == "relative_hull_distance"]["value"].to_numpy() == pytest.approx(
+        rel["value"].to_numpy())
+    assert len(out) == len(table) + 2
+    with pytest.raises(ValueError, match="activations: .*none for \\['b'\\]"):
+        add_relative_hull_distance(table, {"a": acts["a"]})
+    with pytest.raises(ValueError, match="table: .*missing \\['upper'\\]"):
+        add_relative_hull_distance(table.drop(columns=["upper"]), acts)
 
 
 def test_activations_from_record_and_summary():

@@ -33,27 +33,6 @@ needs_separability = pytest.mark.skipif(not _has_layer_separability(),
                                         reason="sepmeasure.separability.layer_separability is not available")
 
 
-@pytest.mark.parametrize("module", ["s1_synchronicity", "s2_architecture"])
-def test_relative_hull_distance_divides_by_the_rms_spread(module):
-    add = sys.modules[f"sepmeasure_studies.{module}"].with_relative_hull_distance
-    rng = np.random.default_rng(0)
-    acts = {"a": torch.tensor(rng.normal(size=(30, 4))), "b": torch.tensor(rng.normal(size=(30, 2, 3)) * 5)}
-    table = pd.DataFrame([{"layer": name, "measure": m, "value": v, "lower": v - 0.1, "upper": v + 0.1}
-                          for name, v in (("a", 2.0), ("b", 3.0)) for m in ("hull_distance", "md_lsm")])
-    out = add(table, acts)
-    rel = out[out["measure"] == "relative_hull_distance"].set_index("layer")
-    for name, v in (("a", 2.0), ("b", 3.0)):
-        x = acts[name].numpy().reshape(30, -1)
-        rms = np.sqrt(np.mean(np.sum((x - x.mean(axis=0)) ** 2, axis=1)))
-        assert rel.loc[name, "value"] == pytest.approx(v / rms)
-        assert rel.loc[name, "upper"] == pytest.approx((v + 0.1) / rms)
-    # scaling a layer and its hull distance together leaves the relative distance unchanged
-    scaled = add(table.assign(value=table["value"] * 7), {k: 7 * t for k, t in acts.items()})
-    assert scaled[scaled["measure"] == "relative_hull_distance"]["value"].to_numpy() == pytest.approx(
-        rel["value"].to_numpy())
-    assert len(out) == len(table) + 2
-
-
 @pytest.mark.parametrize("study", [S1, S2], ids=["s1", "s2"])
 def test_grids_seeds_claims_and_figures_are_declared(study):
     assert study.seeds["quick"] >= 3 and study.seeds["full"] > study.seeds["quick"]

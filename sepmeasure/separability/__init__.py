@@ -8,7 +8,9 @@
 * :func:`separable_subset_fraction` — the largest strictly separable fraction of the points;
   :func:`subset_fraction` for one direction.
 * :func:`linear_probe` — held-out accuracy of a logistic-regression probe (torch).
-* :func:`layer_separability` / :func:`separability_summary` — tidy per-layer tables.
+* :func:`layer_separability` / :func:`separability_summary` — tidy per-layer tables;
+  :func:`add_relative_hull_distance` — hull distances relative to each layer's spread;
+  :func:`balanced_subsample` / :func:`class_subsample` — seeded per-class subsets.
 * :class:`SeparabilityCallback` — records the tables during :func:`sepmeasure.training.fit`.
 """
 from .callback import SeparabilityCallback
@@ -16,13 +18,15 @@ from .hull import HullDistance, HullSolverError, hull_distance, pairwise_hull_di
 from .mdlsm import MDLSM, md_lsm, pair_fraction
 from .probe import ProbeResult, fit_logistic, linear_probe, wilson_interval
 from .subset import SubsetFraction, separable_subset_fraction, subset_fraction
-from .tables import MEASURES, balanced_subsample, layer_separability, separability_summary
+from .tables import (MEASURES, add_relative_hull_distance, balanced_subsample, class_subsample, layer_separability,
+                     separability_summary)
 
 __all__ = [
     "HullDistance", "HullSolverError", "hull_distance", "pairwise_hull_distances",
     "MDLSM", "md_lsm", "pair_fraction",
     "SubsetFraction", "separable_subset_fraction", "subset_fraction",
     "ProbeResult", "fit_logistic", "linear_probe", "wilson_interval",
-    "MEASURES", "layer_separability", "separability_summary", "balanced_subsample",
+    "MEASURES", "layer_separability", "separability_summary", "balanced_subsample", "class_subsample",
+    "add_relative_hull_distance",
     "SeparabilityCallback",
 ]

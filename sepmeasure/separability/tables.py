@@ -22,7 +22,8 @@ from .pointsets import class_pairs
 from .probe import linear_probe
 from .subset import separable_subset_fraction
 
-__all__ = ["MEASURES", "COLUMNS", "layer_separability", "separability_summary", "balanced_subsample"]
+__all__ = ["MEASURES", "COLUMNS", "layer_separability", "separability_summary", "balanced_subsample",
+           "class_subsample", "add_relative_hull_distance"]
 
 MEASURES = ("md_lsm", "hull_distance", "linear_probe", "separable_subset")
 COLUMNS = ["layer", "class_a", "class_b", "measure", "value", "lower", "upper", "method", "status",
@@ -50,6 +51,80 @@ def balanced_subsample(labels: torch.Tensor, max_per_class: int | None, seed: in
             rows = rows[torch.randperm(rows.numel(), generator=g)[:max_per_class]]
         keep.append(rows)
     return torch.sort(torch.cat(keep)).values
+
+
+def class_subsample(labels: torch.Tensor, classes: Sequence[int], per_class: int, seed: int) -> torch.Tensor:
+    """Indices of ``per_class`` rows of each of ``classes``, class by class in the given order.
+
+    Within a class the rows come in the order of a seeded random permutation
+    (a CPU generator, so the draw is the same on every device); a class with
+    fewer rows contributes all of them. Use it to measure the same points at
+    every epoch or for every model of a grid.
+
+    Examples
+    --------
+    >>> class_subsample(torch.tensor([0, 1, 2, 1, 0, 2, 1]), [2, 1], per_class=2, seed=0).tolist()
+    [2, 5, 1, 6]
+    """
+    y = check_labels(labels, "labels").cpu()
+    per_class = check_int(per_class, "per_class", minimum=1)
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence) or len(classes) == 0:
+        raise ValueError(f"classes: expected a non-empty sequence of class labels, got {describe(classes)}")
+    present = set(torch.unique(y).tolist())
+    absent = [c for c in classes if c not in present]
+    if absent:
+        raise ValueError(f"classes: expected labels that occur in labels ({sorted(present)}), got {absent} "
+                         f"with no rows")
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"classes: expected distinct classes, got {list(classes)}")
+    g = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in classes:
+        rows = torch.nonzero(y == c).flatten()
+        picks.append(rows[torch.randperm(rows.numel(), generator=g)[:per_class]])
+    return torch.cat(picks)
+
+
+def add_relative_hull_distance(table: pd.DataFrame, activations: Mapping[str, torch.Tensor]) -> pd.DataFrame:
+    """Append ``relative_hull_distance`` rows: each hull distance over its layer's RMS spread.
+
+    The spread of a layer is the root-mean-square distance of its (flattened)
+    rows in ``activations`` to their centroid, so the relative distance is
+    unchanged when a layer is scaled and can be compared across layers and
+    widths. The new rows copy the hull-distance rows with ``value``,
+    ``lower`` and ``upper`` divided by the spread, and carry it in a
+    ``layer_spread`` column. ``activations`` must hold the points the table
+    was computed from.
+
+    Examples
+    --------
+    >>> X = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0], [2.0, 4.0]])
+    >>> t = layer_separability({"x": X}, torch.tensor([0, 0, 1, 1]), measures=("hull_distance",))
+    >>> out = add_relative_hull_distance(t, {"x": X})
+    >>> out[["measure", "value"]].round(4).values.tolist()
+    [['hull_distance', 4.0], ['relative_hull_distance', 1.7889]]
+    """
+    if not isinstance(table, pd.DataFrame):
+        raise TypeError(f"table: expected the DataFrame of layer_separability, got {describe(table)}")
+    missing = {"layer", "measure", "value", "lower", "upper"} - set(table.columns)
+    if missing:
+        raise ValueError(f"table: expected the columns of layer_separability, got {list(table.columns)} "
+                         f"(missing {sorted(missing)})")
+    layers = _layers_of(activations)
+    hull = table[table["measure"] == "hull_distance"].copy()
+    unknown = sorted(set(hull["layer"]) - set(layers))
+    if unknown:
+        raise ValueError(f"activations: expected every layer of the table's hull distances, got none for "
+                         f"{unknown} (have {sorted(layers)})")
+    spread = {}
+    for name in set(hull["layer"]):
+        x = layers[name].reshape(layers[name].shape[0], -1).double()
+        spread[name] = float((x - x.mean(0)).pow(2).sum(1).mean().sqrt())
+    scale = hull["layer"].map(spread)
+    for col in ("value", "lower", "upper"):
+        hull[col] = hull[col] / scale
+    hull["measure"] = "relative_hull_distance"
+    return pd.concat([table, hull.assign(layer_spread=scale)], ignore_index=True)
 
 
 def _layers_of(activations: Any) -> dict[str, torch.Tensor]:
