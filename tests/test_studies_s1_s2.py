@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from sepmeasure.claims import Claim
 from sepmeasure.cli import load_study
