@@ -116,9 +116,13 @@ def _batches(data: Dataset, batch_size: int, shuffle: bool, generator: torch.Gen
         n = len(data)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         X, y = data.X, data.y
+        # X and y may live on different devices; a non-blocking copy into host memory returns
+        # before the data has arrived, so copies to the CPU are blocking
+        non_blocking = device.type != "cpu"
         for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size].to(X.device)
-            yield X[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
+            idx = order[start:start + batch_size]
+            yield (X[idx.to(X.device)].to(device, non_blocking=non_blocking),
+                   y[idx.to(y.device)].to(device, non_blocking=non_blocking))
         return
     # the same permutation as the sliced path, so both paths see identical batches
     order = torch.randperm(len(data), generator=generator) if shuffle else torch.arange(len(data))

@@ -137,6 +137,26 @@ def test_fit_on_device(device, moons):
     assert r["n"] == len(moons.test)
 
 
+def test_inputs_labels_and_model_on_different_devices(device):
+    # X on `device`, y and the model on the CPU: every batch must be complete (a non-blocking copy
+    # into host memory would not be) and y must be indexed on its own device
+    data = load_dataset("two_moons", size=6000, seed=1)
+    X, y = data.X, data.y
+    torch.manual_seed(0)
+    model = MLP(2, [16], 2)
+    ref = evaluate(model, (X, y), batch_size=4096)
+    assert evaluate(model, (X.to(device), y), batch_size=4096) == ref
+    other = MLP(2, [16], 2)
+    other.load_state_dict(model.state_dict())
+    h_ref = fit(model, (X, y), epochs=1, batch_size=1024, progress=False)
+    h = fit(other, (X.to(device), y), epochs=1, batch_size=1024, progress=False)
+    assert next(other.parameters()).device.type == "cpu"
+    cols = ["epoch", "step", "split", "loss", "accuracy"]
+    pd.testing.assert_frame_equal(h[cols], h_ref[cols])
+    for p, q in zip(model.parameters(), other.parameters()):
+        assert torch.equal(p, q)
+
+
 def test_progress_bar_only_on_a_terminal(moons, capsys):
     fit(MLP(2, [4], 2), moons.train, epochs=1, progress=True)
     assert "fit" not in capsys.readouterr().err  # pytest's stderr is not a terminal
