@@ -195,6 +195,8 @@ def _flags_from_spec(spec: Mapping[str, Any], i: int) -> tuple[bool, ...]:
         raw, invert = spec["linear"], True
     else:
         raw, invert = spec.get("nonlinear", False), False
+    if isinstance(raw, torch.Tensor):  # e.g. a module's nonlinear_channels(), possibly on a GPU
+        raw = raw.detach().cpu()
     if isinstance(raw, (bool, np.bool_)):
         if width is None:
             raise ValueError(f"specs[{i}]: expected 'width' when the flags are one bool, got none")

@@ -183,6 +183,23 @@ def test_masked_and_linearizable_models_count_their_linear_channels():
     assert float(average_path_length(prelu)) == 0.0
 
 
+def test_models_and_flag_tensors_on_device(device):
+    masked = apply_masks(MLP(4, [4, 5], 2)).to(device)
+    masked.layers[0].act.set_nonlinear(torch.tensor([True, False, False, True], device=device))
+    assert float(average_path_length(masked)) == pytest.approx(1.5)
+    lin = make_linearizable(CNN(1, [4, 4], 3)).to(device)
+    lin.layers[1].act.freeze_channels(torch.tensor([True, True, True, False], device=device))
+    assert float(average_path_length(lin)) == pytest.approx(1.25)
+    # flags given as tensors on the device, e.g. straight from nonlinear_channels()
+    flags = masked.layers[0].act.nonlinear_channels()
+    assert flags.device.type == device.type
+    g = PathGraph.from_layers([{"name": "x", "width": 4}, {"name": "h", "nonlinear": flags},
+                               {"name": "l", "linear": torch.tensor([True, False], device=device)},
+                               {"name": "y", "width": 1}])
+    assert [layer.nonlinear for layer in g.layers[1:3]] == [(True, False, False, True), (False, True)]
+    assert float(average_path_length(g)) == pytest.approx(1.0)
+
+
 def test_resnet_graph_and_closed_form():
     # every block: act1 and act2 non-linear on the branch, the skip has none; then the final act
     n = 7
