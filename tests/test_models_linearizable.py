@@ -68,6 +68,23 @@ def test_make_linearizable_preserves_the_function(make_net, x_shape, device):
         assert nonlinear_fraction(lin).frozen_channels.tolist() == [5, 5]
 
 
+@pytest.mark.parametrize("activation", ["leaky_relu", "prelu"])
+def test_make_linearizable_keeps_float64_slopes(activation, device):
+    # slopes that float32 cannot hold: a conversion through float32 is off by about 1e-9
+    net = MLP(6, [5, 4], 3, activation=activation).to(device, torch.float64)
+    for block in net.layers[:-1]:
+        if activation == "prelu":
+            with torch.no_grad():
+                block.act.weight.copy_(torch.linspace(-0.9, 0.9, block.act.weight.numel(), dtype=torch.float64) + 1e-12)
+        else:
+            block.act.negative_slope = 0.1
+    lin = make_linearizable(net)
+    x = torch.randn(50, 6, device=device, dtype=torch.float64)
+    torch.testing.assert_close(lin(x), net(x), rtol=0, atol=1e-14)
+    for name in lin.config["linearizable"]:
+        assert lin.get_submodule(name).slope.dtype == torch.float64
+
+
 def test_make_linearizable_bad_input():
     with pytest.raises(ValueError, match=r"'layers\.0\.act' \(Tanh\)"):
         make_linearizable(MLP(3, [4], 2, activation="tanh"))

@@ -195,16 +195,18 @@ def nonlinear_fraction(model: nn.Module) -> pd.DataFrame:
 
 
 def _initial_slopes(act: nn.Module, channels: int, name: str, init: float | None) -> torch.Tensor:
+    """The slopes the converted activation starts from, in float64 so no precision is lost."""
+    f64 = torch.float64
     if init is not None:
-        return torch.full((channels,), float(init))
+        return torch.full((channels,), float(init), dtype=f64)
     if isinstance(act, nn.ReLU):
-        return torch.zeros(channels)
+        return torch.zeros(channels, dtype=f64)
     if isinstance(act, nn.LeakyReLU):
-        return torch.full((channels,), float(act.negative_slope))
+        return torch.full((channels,), float(act.negative_slope), dtype=f64)
     if isinstance(act, nn.PReLU):
-        return act.weight.detach().float().cpu().expand(channels).clone()
+        return act.weight.detach().to(device="cpu", dtype=f64).expand(channels).clone()
     if isinstance(act, nn.Identity):
-        return torch.ones(channels)
+        return torch.ones(channels, dtype=f64)
     raise ValueError(f"model: cannot convert {name!r} ({type(act).__name__}) to a PReLU exactly; expected ReLU, "
                      f"LeakyReLU, PReLU or Identity, or pass init=<slope> to replace it anyway")
 
@@ -248,10 +250,10 @@ def make_linearizable(model: nn.Module, layers: str | Iterable[str] | None = Non
     ref = next(out.parameters(), None)
     for name, channels, alpha in slopes:
         act = LinearizablePReLU(channels)
-        with torch.no_grad():
-            act.slope.copy_(alpha)
         if ref is not None:
             act.to(device=ref.device, dtype=ref.dtype)
+        with torch.no_grad():
+            act.slope.copy_(alpha)
         if isinstance(out.get_submodule(name), nn.Identity):
             act.freeze_channels(torch.ones(channels, dtype=torch.bool, device=act.frozen.device))
         out.set_submodule(name, act)
