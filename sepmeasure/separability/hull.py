@@ -48,6 +48,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..validation import check_choice, check_features, check_int, check_labels, check_positive, describe
+from ._results import CertifiedResult
 from .pointsets import check_point_sets, class_pairs
 
 __all__ = ["HullDistance", "HullSolverError", "hull_distance", "pairwise_hull_distances"]
@@ -62,8 +63,8 @@ class HullSolverError(RuntimeError):
     """A solver failed and no certified distance could be formed."""
 
 
-@dataclass(frozen=True, eq=False)
-class HullDistance:
+@dataclass(frozen=True, eq=False, repr=False)
+class HullDistance(CertifiedResult):
     """Distance between ``conv(A)`` and ``conv(B)`` with a certified interval.
 
     Attributes
@@ -124,10 +125,8 @@ class HullDistance:
     d: int
     seconds: float
 
-    @property
-    def gap(self) -> float:
-        """``upper - lower``."""
-        return self.upper - self.lower
+    _tensor_fields = ("normal", "weights_a", "weights_b")
+    _repr_fields = ("distance", "lower", "upper", "separable", "method", "status", "iterations", "n_a", "n_b", "d")
 
     @property
     def margin(self) -> float:
@@ -138,18 +137,6 @@ class HullDistance:
     def converged(self) -> bool:
         """Whether the solver reached its tolerance."""
         return self.status in ("converged", "optimal")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The scalar fields, for a table row."""
-        return {"distance": self.distance, "lower": self.lower, "upper": self.upper, "gap": self.gap,
-                "separable": self.separable, "offset": self.offset, "iterations": self.iterations,
-                "method": self.method, "status": self.status, "tol": self.tol, "zero_tol": self.zero_tol,
-                "scale": self.scale, "n_a": self.n_a, "n_b": self.n_b, "d": self.d, "seconds": self.seconds}
-
-    def __repr__(self) -> str:
-        return (f"HullDistance(distance={self.distance:.6g}, lower={self.lower:.6g}, upper={self.upper:.6g}, "
-                f"separable={self.separable}, method={self.method!r}, status={self.status!r}, "
-                f"iterations={self.iterations}, n_a={self.n_a}, n_b={self.n_b}, d={self.d})")
 
 
 # ----------------------------------------------------------------------------

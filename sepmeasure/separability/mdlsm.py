@@ -34,18 +34,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..validation import check_choice, check_features, check_int, check_positive, describe
-from .hull import HullDistance, _disjoint_overlaps, hull_distance
-from .pointsets import SpanCoordinates, check_point_sets, span_coordinates, to_span_direction
-from .probe import fit_logistic
+from ..validation import check_int
+from ._results import CertifiedResult
+from ._search import (METHODS, certified_search, check_bound_args, check_search_args, failure_status,
+                      highs_options, proven_bound, start_directions, unit_sup_norm)
+from ._search import check_direction as _check_direction
+from .hull import HullDistance
+from .pointsets import check_point_sets, span_coordinates
 
 __all__ = ["MDLSM", "md_lsm", "pair_fraction"]
 
-METHODS = ("auto", "exact", "approx")
 
-
-@dataclass(frozen=True, eq=False)
-class MDLSM:
+@dataclass(frozen=True, eq=False, repr=False)
+class MDLSM(CertifiedResult):
     """MD-LSM of two point sets with certified bounds.
 
     Attributes
@@ -86,19 +87,7 @@ class MDLSM:
     d: int
     seconds: float
 
-    @property
-    def gap(self) -> float:
-        return self.upper - self.lower
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "lower": self.lower, "upper": self.upper, "gap": self.gap,
-                "method": self.method, "status": self.status, "n_pairs": self.n_pairs,
-                "coincident_pairs": self.coincident_pairs, "n_a": self.n_a, "n_b": self.n_b, "d": self.d,
-                "seconds": self.seconds}
-
-    def __repr__(self) -> str:
-        return (f"MDLSM(value={self.value:.6g}, lower={self.lower:.6g}, upper={self.upper:.6g}, "
-                f"method={self.method!r}, status={self.status!r}, n_pairs={self.n_pairs})")
+    _repr_fields = ("value", "lower", "upper", "method", "status", "n_pairs")
 
 
 # ----------------------------------------------------------------------------
@@ -123,15 +112,6 @@ def _coincident_pairs(A: torch.Tensor, B: torch.Tensor) -> int:
     ca = torch.bincount(inverse[: A.shape[0]], minlength=k)
     cb = torch.bincount(inverse[A.shape[0]:], minlength=k)
     return int((ca * cb).sum())
-
-
-def _check_direction(w: Any, d: int, device: torch.device, name: str = "w") -> torch.Tensor:
-    v = check_features(w, name, ndim=1)
-    if v.shape[0] != d:
-        raise ValueError(f"{name}: expected a direction with {d} entries (the number of features), got {describe(v)}")
-    if v.device != device:
-        raise ValueError(f"{name}: expected a tensor on the device of the points ({device}), got {describe(v)}")
-    return v.to(torch.float64)
 
 
 def pair_fraction(A: Any, B: Any, w: Any) -> float:
@@ -222,42 +202,19 @@ def md_lsm(A: Any, B: Any, method: str = "auto", *, seed: int = 0, n_starts: int
     (0.75, 0.75)
     """
     start = time.perf_counter()
-    A, B = check_point_sets(A, B)
-    check_choice(method, "method", METHODS)
-    seed = check_int(seed, "seed", minimum=0)
-    n_starts = check_int(n_starts, "n_starts", minimum=0)
-    steps = check_int(steps, "steps", minimum=0)
+    A, B, seed, n_starts, steps = check_search_args(A, B, method, seed, n_starts, steps)
     max_pairs = check_int(max_pairs, "max_pairs", minimum=1)
     exact_max_pairs = check_int(exact_max_pairs, "exact_max_pairs", minimum=0)
-    time_limit = check_positive(time_limit, "time_limit")
-    margin = check_positive(margin, "margin")
-    witnesses = check_int(witnesses, "witnesses", minimum=0)
-    if hull is not None and not isinstance(hull, HullDistance):
-        raise TypeError(f"hull: expected a HullDistance, got {describe(hull)}")
+    time_limit, margin, witnesses = check_bound_args(time_limit, margin, witnesses, hull)
     n, m = A.shape[0], B.shape[0]
-    if method == "auto":
-        method = "exact" if n * m <= exact_max_pairs else "approx"
-    coincident = _coincident_pairs(A, B)
-    if hull is None:
-        hull = hull_distance(A, B)
-    best_count, best_normal = _approx_search(A, B, hull, seed=seed, n_starts=n_starts, steps=steps,
-                                             max_pairs=max_pairs)
-    upper_count = n * m
-    if hull.separable is False:
-        upper_count -= max(coincident, _disjoint_overlaps(A, B, hull, witnesses))
-    else:
-        upper_count -= coincident
-    status = "bounded"
-    if method == "exact" and best_count < upper_count:
-        count, normal, bound, status = _exact_milp(A, B, best_count, coincident, time_limit=time_limit, margin=margin)
-        if count > best_count:
-            best_count, best_normal = count, normal
-        if bound is not None:
-            upper_count = min(upper_count, bound)
-    if not status.startswith(("solver_error", "time_limit")):
-        status = "optimal" if best_count >= upper_count else ("gap" if method == "exact" else "bounded")
-    upper_count = max(upper_count, best_count)
     total = n * m
+    if method == "auto":
+        method = "exact" if total <= exact_max_pairs else "approx"
+    coincident = _coincident_pairs(A, B)
+    best_count, best_normal, upper_count, status = certified_search(
+        A, B, method, hull, total=total, witnesses=witnesses, certain_loss=coincident,
+        approx=lambda h: _approx_search(A, B, h, seed=seed, n_starts=n_starts, steps=steps, max_pairs=max_pairs),
+        exact=lambda known: _exact_milp(A, B, known, coincident, time_limit=time_limit, margin=margin))
     return MDLSM(value=best_count / total, lower=best_count / total, upper=upper_count / total,
                  normal=best_normal, method=method, status=status, n_pairs=total, coincident_pairs=coincident,
                  n_a=n, n_b=m, d=A.shape[1], seconds=time.perf_counter() - start)
@@ -281,31 +238,6 @@ def _best_signed(A64: torch.Tensor, B64: torch.Tensor, W: torch.Tensor) -> tuple
     return best, w
 
 
-def _start_directions(Ar: torch.Tensor, Br: torch.Tensor, coords: SpanCoordinates, hull: HullDistance,
-                      n_starts: int, gen: torch.Generator) -> torch.Tensor:
-    """Candidate directions in span coordinates, as the columns of an (r x k) matrix."""
-    r = Ar.shape[1]
-    dev = Ar.device
-    cols = []
-    mean_diff = Ar.mean(0) - Br.mean(0)
-    cols.append(mean_diff)
-    if Ar.shape[0] > 1 and Br.shape[0] > 1:
-        Sw = torch.cov(Ar.T).reshape(r, r) * (Ar.shape[0] - 1) + torch.cov(Br.T).reshape(r, r) * (Br.shape[0] - 1)
-        Sw = Sw / (Ar.shape[0] + Br.shape[0]) + 1e-6 * torch.eye(r, dtype=Ar.dtype, device=dev)
-        cols.append(torch.linalg.solve(Sw, mean_diff))
-    X = torch.cat([Ar, Br])
-    y = torch.cat([torch.ones(Ar.shape[0], device=dev), torch.zeros(Br.shape[0], device=dev)])
-    w_probe, _ = fit_logistic(X, y, l2=1e-4, max_iter=50)
-    cols.append(w_probe)
-    if hull.normal is not None:
-        cols.append(to_span_direction(hull.normal.to(dev), coords))
-    if n_starts:
-        cols.extend(torch.randn(r, n_starts, generator=gen, dtype=torch.float64).to(dev).T)
-    W = torch.stack(cols, 1)
-    W = W[:, torch.isfinite(W).all(0) & (W.norm(dim=0) > 0)]
-    return W
-
-
 def _approx_search(A: torch.Tensor, B: torch.Tensor, hull: HullDistance, *, seed: int, n_starts: int, steps: int,
                    max_pairs: int) -> tuple[int, torch.Tensor | None]:
     """Best exact pair count found by the multi-start surrogate search; returns (count, unit normal)."""
@@ -321,7 +253,7 @@ def _approx_search(A: torch.Tensor, B: torch.Tensor, hull: HullDistance, *, seed
     if r == 0:
         return 0, None
     gen = torch.Generator().manual_seed(seed)
-    W = _start_directions(Ar, Br, coords, hull, n_starts, gen)
+    W = start_directions(coords, hull, n_starts, gen)
     best_count, best_w = _best_signed(Ar, Br, W)
     if steps and W.shape[1] and best_count < n * m:
         for Wc in _surrogate_climb(Ar, Br, W, steps=steps, max_pairs=max_pairs, gen=gen):
@@ -372,16 +304,6 @@ def _surrogate_climb(Ar: torch.Tensor, Br: torch.Tensor, W0: torch.Tensor, *, st
 # Exact: mixed-integer programs
 # ----------------------------------------------------------------------------
 
-def _highs_bound(problem) -> float | None:
-    """HiGHS's proven bound on a maximisation solved through cvxpy (None if unavailable)."""
-    stats = getattr(problem, "solver_stats", None)
-    extra = getattr(stats, "extra_stats", None) if stats is not None else None
-    bound = getattr(extra, "mip_dual_bound", None) if extra is not None else None
-    if bound is None or not np.isfinite(bound):
-        return None
-    return -float(bound)
-
-
 def _exact_milp(A: torch.Tensor, B: torch.Tensor, known: int, coincident: int, *, time_limit: float,
                 margin: float) -> tuple[int, torch.Tensor | None, int | None, str]:
     """Strict max-agreement MILP (lower) and its non-strict relaxation (upper); counts of pairs."""
@@ -406,17 +328,15 @@ def _exact_milp(A: torch.Tensor, B: torch.Tensor, known: int, coincident: int, *
         return 0, None, 0, "optimal"
     D = D / np.abs(D).sum(1).max()
     l1 = np.abs(D).sum(1)
-    opts = {"time_limit": float(time_limit), "mip_rel_gap": 0.0}
-    status = ""
-    count, normal, bound = 0, None, None
+    opts = highs_options(time_limit)
+    count, normal, bound, status = 0, None, None, ""
     try:
         w = cp.Variable(r)
         t = cp.Variable(D.shape[0], boolean=True)
         strict = cp.Problem(cp.Maximize(cp.sum(t)),
                             [D @ w >= margin - cp.multiply(l1 + margin, 1 - t), w <= 1, w >= -1])
         strict.solve(solver="HIGHS", **opts)
-        if strict.status not in ("optimal", "optimal_inaccurate"):
-            status = f"time_limit ({strict.status})" if strict.status == "user_limit" else f"solver_error: {strict.status}"
+        status = failure_status(strict)
         if w.value is not None:
             v = torch.as_tensor(w.value, dtype=torch.float64, device=A.device)
             normal = v @ coords.from_span
@@ -424,22 +344,14 @@ def _exact_milp(A: torch.Tensor, B: torch.Tensor, known: int, coincident: int, *
                 count, normal = _best_signed(A.to(torch.float64), B.to(torch.float64), normal[:, None])
         w2 = cp.Variable(r)
         t2 = cp.Variable(D.shape[0], boolean=True)
-        p = cp.Variable(r, boolean=True)
-        q = cp.Variable(r, boolean=True)
+        unit = unit_sup_norm(w2)
         relaxed = cp.Problem(cp.Maximize(cp.sum(t2)),
-                             [D @ w2 >= -cp.multiply(l1, 1 - t2), w2 <= 1, w2 >= -1,
-                              w2 >= 1 - 2 * (1 - p), w2 <= -1 + 2 * (1 - q), cp.sum(p) + cp.sum(q) >= 1,
+                             [D @ w2 >= -cp.multiply(l1, 1 - t2), w2 <= 1, w2 >= -1, *unit,
                               cp.sum(t2) >= max(known, count)]
                              + ([t2[[i for i, _ in opp]] + t2[[j for _, j in opp]] <= 1] if opp else []))
         relaxed.solve(solver="HIGHS", **opts)
-        if relaxed.status in ("optimal", "optimal_inaccurate") and relaxed.value is not None:
-            bound = int(math.floor(float(relaxed.value) + 1e-6))
-        else:
-            hb = _highs_bound(relaxed)
-            bound = int(math.floor(hb + 1e-6)) if hb is not None else None
-            if not status:
-                status = (f"time_limit ({relaxed.status})" if relaxed.status == "user_limit"
-                          else f"solver_error: {relaxed.status}")
+        bound, failure = proven_bound(relaxed)
+        status = status or failure
     except cp.error.SolverError as exc:
         status = f"solver_error: {exc}"
     return count, normal, bound, status

@@ -24,18 +24,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..validation import check_choice, check_int, check_positive, describe
-from .hull import HullDistance, _disjoint_overlaps, hull_distance
-from .mdlsm import _check_direction, _highs_bound, _start_directions
+from ..validation import check_int
+from ._results import CertifiedResult
+from ._search import (METHODS, certified_search, check_bound_args, check_search_args, failure_status,
+                      highs_options, proven_bound, start_directions, unit_sup_norm)
+from ._search import check_direction as _check_direction
+from .hull import HullDistance
 from .pointsets import check_point_sets, span_coordinates
 
 __all__ = ["SubsetFraction", "separable_subset_fraction", "subset_fraction"]
 
-METHODS = ("auto", "exact", "approx")
 
-
-@dataclass(frozen=True, eq=False)
-class SubsetFraction:
+@dataclass(frozen=True, eq=False, repr=False)
+class SubsetFraction(CertifiedResult):
     """Separable-subset fraction with certified bounds.
 
     Attributes
@@ -68,18 +69,7 @@ class SubsetFraction:
     d: int
     seconds: float
 
-    @property
-    def gap(self) -> float:
-        return self.upper - self.lower
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "lower": self.lower, "upper": self.upper, "gap": self.gap,
-                "offset": self.offset, "method": self.method, "status": self.status, "n_a": self.n_a,
-                "n_b": self.n_b, "d": self.d, "seconds": self.seconds}
-
-    def __repr__(self) -> str:
-        return (f"SubsetFraction(value={self.value:.6g}, lower={self.lower:.6g}, upper={self.upper:.6g}, "
-                f"method={self.method!r}, status={self.status!r})")
+    _repr_fields = ("value", "lower", "upper", "method", "status")
 
 
 def _best_threshold(sa: torch.Tensor, sb: torch.Tensor) -> tuple[int, float]:
@@ -170,37 +160,17 @@ def separable_subset_fraction(A: Any, B: Any, method: str = "auto", *, seed: int
     (0.6, 0.6)
     """
     start = time.perf_counter()
-    A, B = check_point_sets(A, B)
-    check_choice(method, "method", METHODS)
-    seed = check_int(seed, "seed", minimum=0)
-    n_starts = check_int(n_starts, "n_starts", minimum=0)
-    steps = check_int(steps, "steps", minimum=0)
+    A, B, seed, n_starts, steps = check_search_args(A, B, method, seed, n_starts, steps)
     exact_max_points = check_int(exact_max_points, "exact_max_points", minimum=0)
-    time_limit = check_positive(time_limit, "time_limit")
-    margin = check_positive(margin, "margin")
-    witnesses = check_int(witnesses, "witnesses", minimum=0)
-    if hull is not None and not isinstance(hull, HullDistance):
-        raise TypeError(f"hull: expected a HullDistance, got {describe(hull)}")
+    time_limit, margin, witnesses = check_bound_args(time_limit, margin, witnesses, hull)
     n, m = A.shape[0], B.shape[0]
     total = n + m
     if method == "auto":
         method = "exact" if total <= exact_max_points else "approx"
-    if hull is None:
-        hull = hull_distance(A, B)
-    best, normal, offset = _approx_subset(A, B, hull, seed=seed, n_starts=n_starts, steps=steps)
-    upper = total
-    if hull.separable is False:
-        upper -= _disjoint_overlaps(A, B, hull, witnesses)
-    status = "bounded"
-    if method == "exact" and best < upper:
-        kept, w, c, bound, status = _exact_subset_milp(A, B, best, time_limit=time_limit, margin=margin)
-        if kept > best:
-            best, normal, offset = kept, w, c
-        if bound is not None:
-            upper = min(upper, bound)
-    if not status.startswith(("solver_error", "time_limit")):
-        status = "optimal" if best >= upper else ("gap" if method == "exact" else "bounded")
-    upper = max(upper, best)
+    best, (normal, offset), upper, status = certified_search(
+        A, B, method, hull, total=total, witnesses=witnesses,
+        approx=lambda h: _approx_subset(A, B, h, seed=seed, n_starts=n_starts, steps=steps),
+        exact=lambda known: _exact_subset_milp(A, B, known, time_limit=time_limit, margin=margin))
     return SubsetFraction(value=best / total, lower=best / total, upper=upper / total, normal=normal,
                           offset=offset, method=method, status=status, n_a=n, n_b=m, d=A.shape[1],
                           seconds=time.perf_counter() - start)
@@ -223,23 +193,25 @@ def _evaluate(A64: torch.Tensor, B64: torch.Tensor, W: torch.Tensor) -> tuple[in
 
 
 def _approx_subset(A: torch.Tensor, B: torch.Tensor, hull: HullDistance, *, seed: int, n_starts: int,
-                   steps: int) -> tuple[int, torch.Tensor | None, float]:
+                   steps: int) -> tuple[int, tuple[torch.Tensor | None, float]]:
+    """Best exact kept count found from the start directions and the surrogate's iterates."""
     A64, B64 = A.to(torch.float64), B.to(torch.float64)
     n, m = A.shape[0], B.shape[0]
     if hull.normal is not None:
         best, normal, offset = _evaluate(A64, B64, hull.normal.to(A64)[:, None])
         if best == n + m:
-            return best, normal, offset
+            return best, (normal, offset)
     coords = span_coordinates(A, B)
     if coords.a.shape[1] == 0:
-        return max(n, m), None, math.nan
+        return max(n, m), (None, math.nan)
     gen = torch.Generator().manual_seed(seed)
-    W = _start_directions(coords.a, coords.b, coords, hull, n_starts, gen)
+    W = start_directions(coords, hull, n_starts, gen)
     cands = [W]
     if steps and W.shape[1]:
         cands.extend(_subset_climb(coords.a, coords.b, W, steps=steps))
     Win = torch.cat(cands, 1).T @ coords.from_span
-    return _evaluate(A64, B64, Win.T)
+    best, normal, offset = _evaluate(A64, B64, Win.T)
+    return best, (normal, offset)
 
 
 def _subset_climb(Ar: torch.Tensor, Br: torch.Tensor, W0: torch.Tensor, *, steps: int):
@@ -267,20 +239,21 @@ def _subset_climb(Ar: torch.Tensor, Br: torch.Tensor, W0: torch.Tensor, *, steps
 
 
 def _exact_subset_milp(A: torch.Tensor, B: torch.Tensor, known: int, *, time_limit: float, margin: float
-                       ) -> tuple[int, torch.Tensor | None, float, int | None, str]:
+                       ) -> tuple[int, tuple[torch.Tensor | None, float], int | None, str]:
+    """Strict big-M MILP (lower) and its non-strict relaxation (upper); counts of kept points."""
     import cvxpy as cp
 
     n, m = A.shape[0], B.shape[0]
     coords = span_coordinates(A, B)
     r = coords.a.shape[1]
     if r == 0:
-        return max(n, m), None, math.nan, max(n, m), "optimal"
+        return max(n, m), (None, math.nan), max(n, m), "optimal"
     X = torch.cat([coords.a, coords.b]).cpu().numpy()
     X = X / np.abs(X).sum(1).max()
     y = np.concatenate([np.ones(n), -np.ones(m)])
     l1 = np.abs(X).sum(1)
     C = 1.0 + margin
-    opts = {"time_limit": float(time_limit), "mip_rel_gap": 0.0}
+    opts = highs_options(time_limit)
     kept, normal, offset, bound, status = max(n, m), None, math.nan, None, ""
     A64, B64 = A.to(torch.float64), B.to(torch.float64)
     try:
@@ -292,32 +265,23 @@ def _exact_subset_milp(A: torch.Tensor, B: torch.Tensor, known: int, *, time_lim
                             [cp.multiply(y, X @ w - c) >= margin - cp.multiply(big, 1 - k),
                              w <= 1, w >= -1, c <= C, c >= -C])
         strict.solve(solver="HIGHS", **opts)
-        if strict.status not in ("optimal", "optimal_inaccurate"):
-            status = f"time_limit ({strict.status})" if strict.status == "user_limit" else f"solver_error: {strict.status}"
+        status = failure_status(strict)
         if w.value is not None:
             v = torch.as_tensor(w.value, dtype=torch.float64, device=A.device) @ coords.from_span
             kept, normal, offset = _evaluate(A64, B64, v[:, None])
         w2 = cp.Variable(r)
         c2 = cp.Variable()
         k2 = cp.Variable(n + m, boolean=True)
-        p = cp.Variable(r, boolean=True)
-        q = cp.Variable(r, boolean=True)
+        unit = unit_sup_norm(w2)
         relaxed = cp.Problem(cp.Maximize(cp.sum(k2)),
                              [cp.multiply(y, X @ w2 - c2) >= -cp.multiply(l1 + C, 1 - k2),
-                              w2 <= 1, w2 >= -1, c2 <= C, c2 >= -C,
-                              w2 >= 1 - 2 * (1 - p), w2 <= -1 + 2 * (1 - q), cp.sum(p) + cp.sum(q) >= 1,
+                              w2 <= 1, w2 >= -1, c2 <= C, c2 >= -C, *unit,
                               cp.sum(k2) >= max(known, kept)])
         relaxed.solve(solver="HIGHS", **opts)
-        if relaxed.status in ("optimal", "optimal_inaccurate") and relaxed.value is not None:
-            bound = int(math.floor(float(relaxed.value) + 1e-6))
-        else:
-            hb = _highs_bound(relaxed)
-            bound = int(math.floor(hb + 1e-6)) if hb is not None else None
-            if not status:
-                status = (f"time_limit ({relaxed.status})" if relaxed.status == "user_limit"
-                          else f"solver_error: {relaxed.status}")
+        bound, failure = proven_bound(relaxed)
+        status = status or failure
         if bound is not None:
             bound = max(bound, max(n, m))   # w = 0 keeps one whole class
     except cp.error.SolverError as exc:
         status = f"solver_error: {exc}"
-    return kept, normal, offset, bound, status
+    return kept, (normal, offset), bound, status

@@ -1,0 +1,186 @@
+"""The search machinery that :func:`~sepmeasure.separability.mdlsm.md_lsm` and
+:func:`~sepmeasure.separability.subset.separable_subset_fraction` share.
+
+Both measures maximise a count over hyperplanes (pairs of ``A ⊖ B`` for MD-LSM, points of
+``A ∪ B`` for the separable subset) and report it with a certified interval: a lower bound
+attained by an explicit direction (from an approximate search started from the same candidate
+directions), an upper bound from the hull solver's overlap certificates and, for
+``method="exact"``, a mixed-integer program through cvxpy + HiGHS. The objectives, surrogates
+and programs differ and stay in their modules; the checks, the start directions, the
+bookkeeping of the bounds and the reading of HiGHS's answers are here.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from ..validation import check_choice, check_features, check_int, check_positive, describe
+from .hull import HullDistance, _disjoint_overlaps, hull_distance
+from .pointsets import SpanCoordinates, check_point_sets, to_span_direction
+from .probe import fit_logistic
+
+METHODS = ("auto", "exact", "approx")
+
+T = TypeVar("T")
+
+
+# ----------------------------------------------------------------------------
+# Arguments
+# ----------------------------------------------------------------------------
+
+def check_search_args(A: Any, B: Any, method: str, seed: Any, n_starts: Any,
+                      steps: Any) -> tuple[torch.Tensor, torch.Tensor, int, int, int]:
+    """Check the point sets, ``method`` and the arguments of the approximate search."""
+    A, B = check_point_sets(A, B)
+    check_choice(method, "method", METHODS)
+    seed = check_int(seed, "seed", minimum=0)
+    n_starts = check_int(n_starts, "n_starts", minimum=0)
+    steps = check_int(steps, "steps", minimum=0)
+    return A, B, seed, n_starts, steps
+
+
+def check_bound_args(time_limit: Any, margin: Any, witnesses: Any, hull: Any) -> tuple[float, float, int]:
+    """Check the arguments of the exact program and of the upper bound (``hull`` is only checked)."""
+    time_limit = check_positive(time_limit, "time_limit")
+    margin = check_positive(margin, "margin")
+    witnesses = check_int(witnesses, "witnesses", minimum=0)
+    if hull is not None and not isinstance(hull, HullDistance):
+        raise TypeError(f"hull: expected a HullDistance, got {describe(hull)}")
+    return time_limit, margin, witnesses
+
+
+def check_direction(w: Any, d: int, device: torch.device, name: str = "w") -> torch.Tensor:
+    """Check a direction of ``d`` entries on ``device``; return it in float64."""
+    v = check_features(w, name, ndim=1)
+    if v.shape[0] != d:
+        raise ValueError(f"{name}: expected a direction with {d} entries (the number of features), got {describe(v)}")
+    if v.device != device:
+        raise ValueError(f"{name}: expected a tensor on the device of the points ({device}), got {describe(v)}")
+    return v.to(torch.float64)
+
+
+# ----------------------------------------------------------------------------
+# Bounds
+# ----------------------------------------------------------------------------
+
+def certified_search(A: torch.Tensor, B: torch.Tensor, method: str, hull: HullDistance | None, *, total: int,
+                     witnesses: int, approx: Callable[[HullDistance], tuple[int, T]],
+                     exact: Callable[[int], tuple[int, T, int | None, str]],
+                     certain_loss: int = 0) -> tuple[int, T, int, str]:
+    """Best count found with a certified upper bound; returns ``(count, found, upper, status)``.
+
+    ``approx(hull)`` returns an attained count and what attains it (``found``). The count is at
+    most ``total`` less the larger of ``certain_loss`` (what no hyperplane can count) and the
+    number of point-disjoint overlapping subsets found from ``hull`` (each loses at least one).
+    With ``method="exact"`` and the interval still open, ``exact(count)`` returns ``(count,
+    found, bound, status)`` of the mixed-integer programs, ``bound`` ``None`` when none was
+    proven. ``status`` is ``"optimal"`` once the bounds meet, ``"gap"`` (exact) or
+    ``"bounded"`` (approx) otherwise, or the programs' ``"time_limit (...)"`` /
+    ``"solver_error: ..."``.
+    """
+    if hull is None:
+        hull = hull_distance(A, B)
+    best, found = approx(hull)
+    upper = total - max(certain_loss, _disjoint_overlaps(A, B, hull, witnesses))
+    status = "bounded"
+    if method == "exact" and best < upper:
+        count, solution, bound, status = exact(best)
+        if count > best:
+            best, found = count, solution
+        if bound is not None:
+            upper = min(upper, bound)
+    if not status.startswith(("solver_error", "time_limit")):
+        status = "optimal" if best >= upper else ("gap" if method == "exact" else "bounded")
+    return best, found, max(upper, best), status
+
+
+# ----------------------------------------------------------------------------
+# Approximate search: start directions
+# ----------------------------------------------------------------------------
+
+def start_directions(coords: SpanCoordinates, hull: HullDistance, n_starts: int,
+                     gen: torch.Generator) -> torch.Tensor:
+    """Candidate directions in span coordinates, as the columns of an (r x k) matrix.
+
+    The mean difference, Fisher's discriminant, a logistic-probe normal, the hull normal and
+    ``n_starts`` random directions; columns that are not finite or are zero are dropped.
+    """
+    Ar, Br = coords.a, coords.b
+    r = Ar.shape[1]
+    dev = Ar.device
+    cols = []
+    mean_diff = Ar.mean(0) - Br.mean(0)
+    cols.append(mean_diff)
+    if Ar.shape[0] > 1 and Br.shape[0] > 1:
+        Sw = torch.cov(Ar.T).reshape(r, r) * (Ar.shape[0] - 1) + torch.cov(Br.T).reshape(r, r) * (Br.shape[0] - 1)
+        Sw = Sw / (Ar.shape[0] + Br.shape[0]) + 1e-6 * torch.eye(r, dtype=Ar.dtype, device=dev)
+        cols.append(torch.linalg.solve(Sw, mean_diff))
+    X = torch.cat([Ar, Br])
+    y = torch.cat([torch.ones(Ar.shape[0], device=dev), torch.zeros(Br.shape[0], device=dev)])
+    w_probe, _ = fit_logistic(X, y, l2=1e-4, max_iter=50)
+    cols.append(w_probe)
+    if hull.normal is not None:
+        cols.append(to_span_direction(hull.normal.to(dev), coords))
+    if n_starts:
+        cols.extend(torch.randn(r, n_starts, generator=gen, dtype=torch.float64).to(dev).T)
+    W = torch.stack(cols, 1)
+    W = W[:, torch.isfinite(W).all(0) & (W.norm(dim=0) > 0)]
+    return W
+
+
+# ----------------------------------------------------------------------------
+# Exact: reading the mixed-integer programs
+# ----------------------------------------------------------------------------
+
+_SOLVED = ("optimal", "optimal_inaccurate")
+
+
+def highs_options(time_limit: float) -> dict[str, float]:
+    """Options of every HiGHS solve: the time limit and a zero relative MIP gap."""
+    return {"time_limit": float(time_limit), "mip_rel_gap": 0.0}
+
+
+def failure_status(problem) -> str:
+    """``""`` when cvxpy solved ``problem``, else ``"time_limit (...)"`` or ``"solver_error: ..."``."""
+    if problem.status in _SOLVED:
+        return ""
+    return _unsolved_status(problem)
+
+
+def _unsolved_status(problem) -> str:
+    return f"time_limit ({problem.status})" if problem.status == "user_limit" else f"solver_error: {problem.status}"
+
+
+def _highs_bound(problem) -> float | None:
+    """HiGHS's proven bound on a maximisation solved through cvxpy (None if unavailable)."""
+    stats = getattr(problem, "solver_stats", None)
+    extra = getattr(stats, "extra_stats", None) if stats is not None else None
+    bound = getattr(extra, "mip_dual_bound", None) if extra is not None else None
+    if bound is None or not np.isfinite(bound):
+        return None
+    return -float(bound)
+
+
+def proven_bound(problem) -> tuple[int | None, str]:
+    """Upper bound on the integer count a maximisation can reach, and the failure status.
+
+    The optimum (rounded down) when it was solved, otherwise HiGHS's proven dual bound
+    (``None`` if there is none) with ``"time_limit (...)"`` or ``"solver_error: ..."``.
+    """
+    if problem.status in _SOLVED and problem.value is not None:
+        return int(math.floor(float(problem.value) + 1e-6)), ""
+    hb = _highs_bound(problem)
+    return (int(math.floor(hb + 1e-6)) if hb is not None else None), _unsolved_status(problem)
+
+
+def unit_sup_norm(w) -> list:
+    """Constraints that, with ``-1 <= w <= 1``, make ``max_k |w_k| = 1`` (two binaries per entry)."""
+    import cvxpy as cp
+
+    p = cp.Variable(w.shape[0], boolean=True)
+    q = cp.Variable(w.shape[0], boolean=True)
+    return [w >= 1 - 2 * (1 - p), w <= -1 + 2 * (1 - q), cp.sum(p) + cp.sum(q) >= 1]
