@@ -149,6 +149,34 @@ def test_large_sets_use_approx_and_stay_above_half():
     assert r.value == pair_fraction(A, B, r.normal)
 
 
+def test_strict_program_runs_only_while_the_bound_is_open(monkeypatch):
+    import sepmeasure.separability.mdlsm as mdlsm_module
+
+    solves = []
+    real = mdlsm_module.solve_reporting_status
+    monkeypatch.setattr(mdlsm_module, "solve_reporting_status",
+                        lambda problem, options: solves.append(problem) or real(problem, options))
+    counts = []
+    for seed in range(8):
+        A, B = random_sets(seed, 4 + seed % 3, 4, 2, shift=0.4)
+        solves.clear()
+        r = md_lsm(A, B, method="exact")
+        assert r.value == pytest.approx(brute_mdlsm_2d(A.numpy(), B.numpy()), abs=1e-12)
+        assert r.status == "optimal" and r.lower == r.upper
+        counts.append(len(solves))
+    # 0: the hull certificates closed the interval; 1: the relaxation proved what the
+    # approximate search had found; 2: the strict program was needed
+    assert set(counts) <= {0, 1, 2} and 1 in counts, counts
+
+
+def test_bounds_that_meet_are_optimal_even_after_a_time_limit():
+    # the strict program of this instance alone used to run into the 30 s limit
+    A, B = random_sets(5, 11, 11, 2, shift=0.3)
+    r = md_lsm(A, B, method="exact")
+    assert r.value == pytest.approx(brute_mdlsm_2d(A.numpy(), B.numpy()), abs=1e-12)
+    assert r.lower == r.upper and r.status == "optimal"
+
+
 def test_time_limit_is_reported_with_valid_bounds():
     A, B = random_sets(5, 11, 11, 2, shift=0.3)
     r = md_lsm(A, B, method="exact", time_limit=1e-3)

@@ -66,6 +66,24 @@ def test_exact_matches_brute_force_in_2d(seed):
         assert kept / (A.shape[0] + B.shape[0]) == r.value
 
 
+def test_strict_program_runs_only_while_the_bound_is_open(monkeypatch):
+    import sepmeasure.separability.subset as subset_module
+
+    solves = []
+    real = subset_module.solve_reporting_status
+    monkeypatch.setattr(subset_module, "solve_reporting_status",
+                        lambda problem, options: solves.append(problem) or real(problem, options))
+    counts = []
+    for seed in range(8):
+        A, B = random_sets(seed, 4 + seed % 3, 3 + seed % 4, 2, shift=0.6)
+        solves.clear()
+        r = separable_subset_fraction(A, B, method="exact")
+        assert r.value == pytest.approx(brute_ssf_2d(A.numpy(), B.numpy()), abs=1e-12)
+        assert r.status == "optimal" and r.lower == r.upper
+        counts.append(len(solves))
+    assert set(counts) <= {0, 1, 2} and 1 in counts, counts
+
+
 @pytest.mark.parametrize("seed,d", [(0, 2), (1, 3), (2, 4)])
 def test_approx_bounds_contain_exact(seed, d):
     A, B = random_sets(seed, 8, 7, d, shift=0.4)

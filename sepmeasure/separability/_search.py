@@ -12,6 +12,7 @@ bookkeeping of the bounds and the reading of HiGHS's answers are here.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -78,9 +79,9 @@ def certified_search(A: torch.Tensor, B: torch.Tensor, method: str, hull: HullDi
     number of point-disjoint overlapping subsets found from ``hull`` (each loses at least one).
     With ``method="exact"`` and the interval still open, ``exact(count)`` returns ``(count,
     found, bound, status)`` of the mixed-integer programs, ``bound`` ``None`` when none was
-    proven. ``status`` is ``"optimal"`` once the bounds meet, ``"gap"`` (exact) or
-    ``"bounded"`` (approx) otherwise, or the programs' ``"time_limit (...)"`` /
-    ``"solver_error: ..."``.
+    proven. ``status`` is ``"optimal"`` once the bounds meet (also when a program stopped at
+    its time limit on the way), otherwise the programs' ``"time_limit (...)"`` /
+    ``"solver_error: ..."``, or ``"gap"`` (exact) / ``"bounded"`` (approx).
     """
     if hull is None:
         hull = hull_distance(A, B)
@@ -93,8 +94,10 @@ def certified_search(A: torch.Tensor, B: torch.Tensor, method: str, hull: HullDi
             best, found = count, solution
         if bound is not None:
             upper = min(upper, bound)
-    if not status.startswith(("solver_error", "time_limit")):
-        status = "optimal" if best >= upper else ("gap" if method == "exact" else "bounded")
+    if best >= upper:
+        status = "optimal"   # the bounds met: certified whatever stopped a program on the way
+    elif not status.startswith(("solver_error", "time_limit")):
+        status = "gap" if method == "exact" else "bounded"
     return best, found, max(upper, best), status
 
 
@@ -142,6 +145,17 @@ _SOLVED = ("optimal", "optimal_inaccurate")
 def highs_options(time_limit: float) -> dict[str, float]:
     """Options of every HiGHS solve: the time limit and a zero relative MIP gap."""
     return {"time_limit": float(time_limit), "mip_rel_gap": 0.0}
+
+
+def solve_reporting_status(problem, options: dict[str, float]) -> None:
+    """Solve ``problem`` with HiGHS; its status is read by the caller and reported in the result.
+
+    cvxpy warns "Solution may be inaccurate" when HiGHS stops at its time limit; the result's
+    ``status`` says so already (``"time_limit (...)"``), so the warning is not repeated.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Solution may be inaccurate", category=UserWarning)
+        problem.solve(solver="HIGHS", **options)
 
 
 def failure_status(problem) -> str:

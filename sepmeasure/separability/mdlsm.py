@@ -37,7 +37,7 @@ import torch
 from ..validation import check_int
 from ._results import CertifiedResult
 from ._search import (METHODS, certified_search, check_bound_args, check_search_args, failure_status,
-                      highs_options, proven_bound, start_directions, unit_sup_norm)
+                      highs_options, proven_bound, solve_reporting_status, start_directions, unit_sup_norm)
 from ._search import check_direction as _check_direction
 from .hull import HullDistance
 from .pointsets import check_point_sets, span_coordinates
@@ -63,7 +63,8 @@ class MDLSM(CertifiedResult):
     method : str
         ``"exact"`` or ``"approx"``.
     status : str
-        ``"optimal"`` (``lower == upper``), ``"gap"`` (exact, an interval remains),
+        ``"optimal"`` (``lower == upper``, also when a program stopped at its time limit on
+        the way), ``"gap"`` (exact, an interval remains),
         ``"bounded"`` (approx, an interval remains), ``"time_limit (...)"`` or
         ``"solver_error: ..."`` (exact; the bounds are still certified).
     n_pairs : int
@@ -164,7 +165,9 @@ def md_lsm(A: Any, B: Any, method: str = "auto", *, seed: int = 0, n_starts: int
         pairs with :math:`w^\top(a_i-b_j)\ge\delta` over :math:`\|w\|_\infty\le 1` in whitened
         coordinates (``margin`` is :math:`\delta`), and proves an upper bound with a second
         program that counts :math:`\ge 0` over :math:`\|w\|_\infty=1` (a relaxation of the
-        strict problem); both are exact up to HiGHS's tolerances and the ``time_limit``.
+        strict problem); both are exact up to HiGHS's tolerances and the ``time_limit``. The
+        bound is proven first: when the approximate search has already reached it, the strict
+        program is skipped, otherwise it is solved with its count capped at the bound.
         ``"approx"``: starts from the hull normal, a logistic-probe normal, Fisher's
         discriminant, the mean difference and ``n_starts`` random directions, climbs a smooth
         pairwise surrogate (the mean of :math:`\sigma(w^\top(a_i-b_j)/\tau)` over all pairs or
@@ -330,28 +333,32 @@ def _exact_milp(A: torch.Tensor, B: torch.Tensor, known: int, coincident: int, *
     l1 = np.abs(D).sum(1)
     opts = highs_options(time_limit)
     count, normal, bound, status = 0, None, None, ""
+    pair_cuts = (lambda t: [t[[i for i, _ in opp]] + t[[j for _, j in opp]] <= 1]) if opp else (lambda t: [])
     try:
-        w = cp.Variable(r)
-        t = cp.Variable(D.shape[0], boolean=True)
-        strict = cp.Problem(cp.Maximize(cp.sum(t)),
-                            [D @ w >= margin - cp.multiply(l1 + margin, 1 - t), w <= 1, w >= -1])
-        strict.solve(solver="HIGHS", **opts)
-        status = failure_status(strict)
-        if w.value is not None:
-            v = torch.as_tensor(w.value, dtype=torch.float64, device=A.device)
-            normal = v @ coords.from_span
-            if float(normal.norm()) > 0:
-                count, normal = _best_signed(A.to(torch.float64), B.to(torch.float64), normal[:, None])
+        # the upper bound first: once it meets the count already found, no strict program is needed
         w2 = cp.Variable(r)
         t2 = cp.Variable(D.shape[0], boolean=True)
         unit = unit_sup_norm(w2)
         relaxed = cp.Problem(cp.Maximize(cp.sum(t2)),
                              [D @ w2 >= -cp.multiply(l1, 1 - t2), w2 <= 1, w2 >= -1, *unit,
-                              cp.sum(t2) >= max(known, count)]
-                             + ([t2[[i for i, _ in opp]] + t2[[j for _, j in opp]] <= 1] if opp else []))
-        relaxed.solve(solver="HIGHS", **opts)
-        bound, failure = proven_bound(relaxed)
-        status = status or failure
+                              cp.sum(t2) >= known, *pair_cuts(t2)])
+        solve_reporting_status(relaxed, opts)
+        bound, status = proven_bound(relaxed)
+        if bound is not None and known >= bound:
+            return count, normal, bound, status
+        # no strict count exceeds the relaxed one: the cap lets HiGHS stop as soon as it reaches it
+        w = cp.Variable(r)
+        t = cp.Variable(D.shape[0], boolean=True)
+        strict = cp.Problem(cp.Maximize(cp.sum(t)),
+                            [D @ w >= margin - cp.multiply(l1 + margin, 1 - t), w <= 1, w >= -1, *pair_cuts(t)]
+                            + ([cp.sum(t) <= bound] if bound is not None else []))
+        solve_reporting_status(strict, opts)
+        status = status or failure_status(strict)
+        if w.value is not None:
+            v = torch.as_tensor(w.value, dtype=torch.float64, device=A.device)
+            normal = v @ coords.from_span
+            if float(normal.norm()) > 0:
+                count, normal = _best_signed(A.to(torch.float64), B.to(torch.float64), normal[:, None])
     except cp.error.SolverError as exc:
         status = f"solver_error: {exc}"
     return count, normal, bound, status

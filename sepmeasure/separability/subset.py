@@ -27,7 +27,7 @@ import torch
 from ..validation import check_int
 from ._results import CertifiedResult
 from ._search import (METHODS, certified_search, check_bound_args, check_search_args, failure_status,
-                      highs_options, proven_bound, start_directions, unit_sup_norm)
+                      highs_options, proven_bound, solve_reporting_status, start_directions, unit_sup_norm)
 from ._search import check_direction as _check_direction
 from .hull import HullDistance
 from .pointsets import check_point_sets, span_coordinates
@@ -130,7 +130,8 @@ def separable_subset_fraction(A: Any, B: Any, method: str = "auto", *, seed: int
         ``"exact"``: a big-M mixed-integer program through cvxpy + HiGHS (one binary per point)
         keeping points with :math:`y_i(w^\top x_i - c)\ge\delta` over :math:`\|w\|_\infty\le1`
         in whitened coordinates (``margin`` is :math:`\delta`); its non-strict relaxation over
-        :math:`\|w\|_\infty=1` proves the upper bound. ``"approx"``: the best exact threshold
+        :math:`\|w\|_\infty=1` proves the upper bound (first; the strict program is skipped when
+        the approximate search has reached it, else capped at it). ``"approx"``: the best exact threshold
         (:func:`subset_fraction`) along the hull normal, a logistic-probe normal, Fisher's
         discriminant, the mean difference, ``n_starts`` random directions and the iterates of a
         smooth surrogate (sigmoid of the signed margin with a learned threshold); its training
@@ -257,18 +258,7 @@ def _exact_subset_milp(A: torch.Tensor, B: torch.Tensor, known: int, *, time_lim
     kept, normal, offset, bound, status = max(n, m), None, math.nan, None, ""
     A64, B64 = A.to(torch.float64), B.to(torch.float64)
     try:
-        w = cp.Variable(r)
-        c = cp.Variable()
-        k = cp.Variable(n + m, boolean=True)
-        big = l1 + C + margin
-        strict = cp.Problem(cp.Maximize(cp.sum(k)),
-                            [cp.multiply(y, X @ w - c) >= margin - cp.multiply(big, 1 - k),
-                             w <= 1, w >= -1, c <= C, c >= -C])
-        strict.solve(solver="HIGHS", **opts)
-        status = failure_status(strict)
-        if w.value is not None:
-            v = torch.as_tensor(w.value, dtype=torch.float64, device=A.device) @ coords.from_span
-            kept, normal, offset = _evaluate(A64, B64, v[:, None])
+        # the upper bound first: once it meets the count already found, no strict program is needed
         w2 = cp.Variable(r)
         c2 = cp.Variable()
         k2 = cp.Variable(n + m, boolean=True)
@@ -276,12 +266,27 @@ def _exact_subset_milp(A: torch.Tensor, B: torch.Tensor, known: int, *, time_lim
         relaxed = cp.Problem(cp.Maximize(cp.sum(k2)),
                              [cp.multiply(y, X @ w2 - c2) >= -cp.multiply(l1 + C, 1 - k2),
                               w2 <= 1, w2 >= -1, c2 <= C, c2 >= -C, *unit,
-                              cp.sum(k2) >= max(known, kept)])
-        relaxed.solve(solver="HIGHS", **opts)
-        bound, failure = proven_bound(relaxed)
-        status = status or failure
+                              cp.sum(k2) >= known])
+        solve_reporting_status(relaxed, opts)
+        bound, status = proven_bound(relaxed)
         if bound is not None:
             bound = max(bound, max(n, m))   # w = 0 keeps one whole class
+            if known >= bound:
+                return kept, (normal, offset), bound, status
+        # no strict count exceeds the relaxed one: the cap lets HiGHS stop as soon as it reaches it
+        w = cp.Variable(r)
+        c = cp.Variable()
+        k = cp.Variable(n + m, boolean=True)
+        big = l1 + C + margin
+        strict = cp.Problem(cp.Maximize(cp.sum(k)),
+                            [cp.multiply(y, X @ w - c) >= margin - cp.multiply(big, 1 - k),
+                             w <= 1, w >= -1, c <= C, c >= -C]
+                            + ([cp.sum(k) <= bound] if bound is not None else []))
+        solve_reporting_status(strict, opts)
+        status = status or failure_status(strict)
+        if w.value is not None:
+            v = torch.as_tensor(w.value, dtype=torch.float64, device=A.device) @ coords.from_span
+            kept, normal, offset = _evaluate(A64, B64, v[:, None])
     except cp.error.SolverError as exc:
         status = f"solver_error: {exc}"
     return kept, (normal, offset), bound, status
