@@ -37,3 +37,16 @@ def _one_torch_thread():
 def _fixed_seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def record_solves(monkeypatch):
+    """``record_solves(module)`` patches ``module.solve_reporting_status`` (the HiGHS calls of the
+    exact separability measures) to append every program it solves to the list it returns."""
+    def patch(module) -> list:
+        solves: list = []
+        real = module.solve_reporting_status
+        monkeypatch.setattr(module, "solve_reporting_status",
+                            lambda problem, options: solves.append(problem) or real(problem, options))
+        return solves
+    return patch

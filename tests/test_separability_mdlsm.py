@@ -149,13 +149,10 @@ def test_large_sets_use_approx_and_stay_above_half():
     assert r.value == pair_fraction(A, B, r.normal)
 
 
-def test_strict_program_runs_only_while_the_bound_is_open(monkeypatch):
+def test_strict_program_runs_only_while_the_bound_is_open(record_solves):
     import sepmeasure.separability.mdlsm as mdlsm_module
 
-    solves = []
-    real = mdlsm_module.solve_reporting_status
-    monkeypatch.setattr(mdlsm_module, "solve_reporting_status",
-                        lambda problem, options: solves.append(problem) or real(problem, options))
+    solves = record_solves(mdlsm_module)
     counts = []
     for seed in range(8):
         A, B = random_sets(seed, 4 + seed % 3, 4, 2, shift=0.4)

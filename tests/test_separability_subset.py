@@ -66,13 +66,10 @@ def test_exact_matches_brute_force_in_2d(seed):
         assert kept / (A.shape[0] + B.shape[0]) == r.value
 
 
-def test_strict_program_runs_only_while_the_bound_is_open(monkeypatch):
+def test_strict_program_runs_only_while_the_bound_is_open(record_solves):
     import sepmeasure.separability.subset as subset_module
 
-    solves = []
-    real = subset_module.solve_reporting_status
-    monkeypatch.setattr(subset_module, "solve_reporting_status",
-                        lambda problem, options: solves.append(problem) or real(problem, options))
+    solves = record_solves(subset_module)
     counts = []
     for seed in range(8):
         A, B = random_sets(seed, 4 + seed % 3, 3 + seed % 4, 2, shift=0.6)
