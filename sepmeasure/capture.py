@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from sepmeasure._memory import empty_host
+from sepmeasure._progress import progress_bar, wanted
 from sepmeasure.validation import check_choice, check_int, compile_name_pattern, describe
 
 __all__ = ["ActivationRecorder", "Activations", "LayerSelector", "record", "select_layers"]
@@ -720,7 +720,7 @@ def _input_dtype(model: nn.Module) -> torch.dtype | None:
 def record(model: nn.Module, data: Any, layers: LayerSelector = None, pool: PoolSpec = "none",
            batch_size: int = 256, max_samples: int | None = None,
            device: torch.device | str | None = None, to: torch.device | str | None = "cpu",
-           spill_to: str | Path | None = None, progress: bool = False) -> Activations:
+           spill_to: str | Path | None = None, progress: bool = True) -> Activations:
     """Run ``model`` over ``data`` and return the selected layers' activations.
 
     The model runs in eval mode under ``torch.no_grad()``; its modes and
@@ -759,8 +759,9 @@ def record(model: nn.Module, data: Any, layers: LayerSelector = None, pool: Pool
         Directory (created if needed) in which each layer's buffer is a
         ``.npy`` file opened with ``numpy.lib.format.open_memmap``; the
         returned tensors are views of those files. Requires ``to`` on cpu.
-    progress : bool, default False
-        Show a progress bar over batches.
+    progress : bool, default True
+        Show a progress bar over batches (on a terminal or in a notebook, once recording has
+        taken more than a second).
 
     Returns
     -------
@@ -800,6 +801,7 @@ def record(model: nn.Module, data: Any, layers: LayerSelector = None, pool: Pool
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {describe(model)}")
     batch_size = check_int(batch_size, "batch_size", minimum=1)
+    wanted(progress)  # checks the argument before any work
     if max_samples is not None:
         max_samples = check_int(max_samples, "max_samples", minimum=1)
     run_dev, store = _resolve_devices(model, device, to)
@@ -810,8 +812,8 @@ def record(model: nn.Module, data: Any, layers: LayerSelector = None, pool: Pool
     writer = _BufferWriter(n_total, store, spill_dir) if n_total else None
     per_batch = data.batch_size if isinstance(data, DataLoader) else batch_size
     n_batches = None if n_total is None else -(-n_total // per_batch)
-    with recorder, torch.no_grad(), tqdm(total=n_batches, disable=not progress,
-                                         desc="record", unit="batch") as bar:
+    with recorder, torch.no_grad(), progress_bar(total=n_batches, progress=progress, desc="record",
+                                                 unit="batch", leave=False) as bar:
         model.eval()
         if writer is not None:
             recorder._sink = writer

@@ -74,6 +74,7 @@ from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
 
+from ._progress import silenced
 from .claims import Claim, ClaimResult, claims_frame
 from .provenance import environment_info, seed_everything
 from .storage import atomic_path, atomic_write_text
@@ -250,7 +251,7 @@ def _execute(run_one: Callable, config: dict[str, Any], device: str | None, pass
     """Seed, run one configuration, time it; returns plain rows and provenance."""
     seed_everything(int(config.get("seed", 0)))
     start = time.perf_counter()
-    with _torch_threads(threads):
+    with _torch_threads(threads), silenced():   # the runner shows one bar over configurations
         out = run_one(dict(config), device=device) if pass_device else run_one(dict(config))
     wall = time.perf_counter() - start
     rows = _plain_rows(out, "run_one(config) returned rows")

@@ -8,7 +8,6 @@ together in ``history.attrs["measurements"]``).
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ._progress import progress_bar, wanted
 from .data import LabeledData, as_dataset
 from .provenance import environment_info, seed_everything
 from .validation import check_choice, check_int, check_positive, describe
@@ -174,8 +174,6 @@ def _make_optimizer(name: str, params, lr: float, momentum: float, weight_decay:
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
-def _progress_enabled(progress: bool) -> bool:
-    return bool(progress) and sys.stderr.isatty()
 
 
 def fit(model: nn.Module, train: Any, test: Any = None, *, epochs: int = 10, lr: float = 0.05,
@@ -202,7 +200,8 @@ def fit(model: nn.Module, train: Any, test: Any = None, *, epochs: int = 10, lr:
     device : device, optional
         Where to train (default: the model's device).
     progress : bool
-        Progress bar over epochs (shown only when stderr is a terminal).
+        Progress bar over epochs (shown on a terminal or in a notebook, once training has
+        taken more than a second).
     penalty : callable, optional
         ``penalty(model) -> scalar tensor`` added to the loss at every step (e.g. a mask or
         sparsity prior).
@@ -231,6 +230,7 @@ def fit(model: nn.Module, train: Any, test: Any = None, *, epochs: int = 10, lr:
     train = as_dataset(train, "train")
     test = as_dataset(test, "test") if test is not None else None
     epochs = check_int(epochs, "epochs", minimum=0)
+    wanted(progress)  # checks the argument before any work
     lr = check_positive(lr, "lr")
     check_choice(optimizer, "optimizer", ("sgd", "adam"))
     batch_size = check_int(batch_size, "batch_size", minimum=1)
@@ -272,11 +272,7 @@ def fit(model: nn.Module, train: Any, test: Any = None, *, epochs: int = 10, lr:
         cb.on_train_begin(state)
     was_training = model.training
     log_epoch()
-    bar = None
-    if _progress_enabled(progress):
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=epochs, desc="fit", unit="epoch", leave=False)
+    bar = progress_bar(total=epochs, progress=progress, desc="fit", unit="epoch", leave=False)
     try:
         for epoch in range(1, epochs + 1):
             model.train()
@@ -301,12 +297,10 @@ def fit(model: nn.Module, train: Any, test: Any = None, *, epochs: int = 10, lr:
             elapsed += time.perf_counter() - start
             state.epoch = epoch
             log_epoch()
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{state.last_loss:.3f}")
+            bar.update(1)
+            bar.set_postfix(loss=f"{state.last_loss:.3f}", refresh=False)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         model.train(was_training)
 
     history = pd.DataFrame(state.history, columns=["epoch", "step", "split", "loss", "accuracy", "seconds"])

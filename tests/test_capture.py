@@ -519,12 +519,6 @@ def test_record_on_device(device, xy):
     assert rec.activations()["2"].device == x.device
 
 
-def test_record_progress_bar(xy, capsys):
-    x, _ = xy
-    record(nested_model(), x, layers="0", batch_size=10, progress=True)
-    assert "5/5" in capsys.readouterr().err
-
-
 def test_activations_mapping():
     acts = Activations({"a": torch.zeros(3, 2), "b": torch.ones(3)}, torch.arange(3))
     assert dict(acts).keys() == {"a", "b"} and len(acts) == 2 and "a" in acts

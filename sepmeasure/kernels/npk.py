@@ -34,8 +34,8 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.func import functional_call
-from tqdm.auto import tqdm
 
+from .._progress import progress_bar
 from ..validation import check_features, check_int, describe
 
 __all__ = ["GateOverlap", "gate_overlap", "network_gates", "neural_path_kernel"]
@@ -413,7 +413,7 @@ def neural_path_kernel(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | No
     n1, n2 = x1.shape[0], xs.shape[0]
     result = torch.empty(n1, n2, dtype=x1.dtype, device=x1.device)
     pairs = [(i, j) for i in range(0, n1, size) for j in range(0, n2, size) if not symmetric or j >= i]
-    for i, j in tqdm(pairs, desc="npk", unit="block", leave=False, disable=True if len(pairs) <= 1 else None):
+    for i, j in progress_bar(pairs, progress=len(pairs) > 1, desc="npk", unit="block", leave=False):
         block = _npk_block(source, x1[i:i + size], [g[i:i + size] for g in g1],
                            xs[j:j + size], [g[j:j + size] for g in g2])
         result[i:i + size, j:j + size] = block

@@ -35,8 +35,8 @@ from typing import Any, Union
 import torch
 from torch import nn
 from torch.func import functional_call, jvp, vjp, vmap
-from tqdm.auto import tqdm
 
+from .._progress import progress_bar
 from ..validation import check_choice, check_features, check_int, compile_name_pattern, describe
 
 __all__ = ["NTK_METHODS", "NTK_OUTPUTS", "ParameterSelector", "empirical_ntk", "select_parameters"]
@@ -907,7 +907,7 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = 
     starts1 = list(range(0, n1, size))
     pairs = [(i, j) for i in starts1 for j in (starts1 if symmetric else range(0, n2, size))
              if not symmetric or j >= i]
-    bar = tqdm(pairs, desc=f"ntk ({method})", unit="block", leave=False, disable=True if len(pairs) <= 1 else None)
+    bar = progress_bar(pairs, progress=len(pairs) > 1, desc=f"ntk ({method})", unit="block", leave=False)
     for i, j in bar:
         xa = x1[i:i + size]
         if symmetric and i == j:

@@ -45,8 +45,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
+from .._progress import progress_bar, wanted
 from ..validation import check_choice, check_features, check_int, check_labels, check_positive, describe
 from ._results import CertifiedResult
 from .pointsets import check_point_sets, class_pairs
@@ -232,7 +232,7 @@ def hull_distance(A: Any, B: Any, *, method: str = "auto", tol: float = 1e-6, ze
 def pairwise_hull_distances(features: Any, labels: Any, pairs: Any = "ovo", *, classes: Any = None,
                             method: str = "auto", tol: float = 1e-6, zero_tol: float = 1e-9,
                             max_iter: int = 1000, solver: str = "CLARABEL", solver_options: dict | None = None,
-                            working_set: int = 64, progress: bool = False) -> dict[tuple, HullDistance]:
+                            working_set: int = 64, progress: bool = True) -> dict[tuple, HullDistance]:
     """Hull distances for many pairs of classes of one labelled point set, solved together.
 
     The native solver runs all pairs at once: in each round every pair solves its small
@@ -251,8 +251,9 @@ def pairwise_hull_distances(features: Any, labels: Any, pairs: Any = "ovo", *, c
         Restrict to these classes.
     method, tol, zero_tol, max_iter, solver, solver_options, working_set
         As in :func:`hull_distance`; ``"reference"`` solves the pairs one after the other.
-    progress : bool
-        Progress bar over rounds (native) or pairs (reference).
+    progress : bool, default True
+        Progress bar over rounds (native) or pairs (reference), on a terminal or in a notebook
+        after a second.
 
     Returns
     -------
@@ -275,10 +276,11 @@ def pairwise_hull_distances(features: Any, labels: Any, pairs: Any = "ovo", *, c
     zero_tol = check_positive(zero_tol, "zero_tol", strict=False)
     max_iter = check_int(max_iter, "max_iter", minimum=1)
     working_set = check_int(working_set, "working_set", minimum=1)
+    wanted(progress)  # checks the argument before any work
     spec = class_pairs(y, pairs, classes=classes)
     if method == "reference":
         out = {}
-        for a, b, ra, rb in tqdm(spec, desc="hull distance (reference)", disable=not progress):
+        for a, b, ra, rb in progress_bar(spec, progress=progress, desc="hull distance (reference)", leave=False):
             out[(a, b)] = _reference(X[ra], X[rb], tol=tol, zero_tol=zero_tol, solver=solver,
                                      solver_options=solver_options)
         return out
@@ -524,7 +526,7 @@ def _native_many(X: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]]
             w0 = None
         st.ws = _initial_working_set(st, Xw, k0, w0)
     todo = list(range(len(states)))
-    bar = tqdm(desc="hull distance", unit="round", disable=not progress, total=None)
+    bar = progress_bar(desc="hull distance", unit="round", progress=progress, total=None, leave=False)
     try:
         while todo:
             zs = []

@@ -13,8 +13,8 @@ from typing import Any
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
+from .._progress import progress_bar, wanted
 from ..validation import check_features, check_int, check_labels, describe
 from .hull import _native_many
 from .mdlsm import md_lsm
@@ -143,7 +143,7 @@ def layer_separability(activations: Any, labels: Any = None,
                        max_per_class: int | None = None, seed: int = 0, device: torch.device | str | None = None,
                        classes: Sequence[int] | None = None, md_lsm_method: str = "auto",
                        subset_method: str = "auto", hull_tol: float = 1e-6, hull_max_iter: int = 1000,
-                       probe_test_fraction: float = 0.3, progress: bool = False) -> pd.DataFrame:
+                       probe_test_fraction: float = 0.3, progress: bool = True) -> pd.DataFrame:
     """Separability of every layer for every class pair, as a tidy table.
 
     Measures (rows of the table, per layer and class pair):
@@ -189,8 +189,8 @@ def layer_separability(activations: Any, labels: Any = None,
     hull_tol, hull_max_iter
         Tolerance and rounds of the hull solver.
     probe_test_fraction : float
-    progress : bool
-        Progress bar over layers and pairs.
+    progress : bool, default True
+        Progress bar over layers and pairs (on a terminal or in a notebook, after a second).
 
     Returns
     -------
@@ -215,6 +215,7 @@ def layer_separability(activations: Any, labels: Any = None,
             raise ValueError("labels: expected class labels (or activations with a .labels attribute), got None")
     measures = _check_measures(measures)
     seed = check_int(seed, "seed", minimum=0)
+    wanted(progress)  # checks the argument before any work
     if max_per_class is not None:
         max_per_class = check_int(max_per_class, "max_per_class", minimum=1)
     dev = torch.device(device) if device is not None else None
@@ -225,7 +226,8 @@ def layer_separability(activations: Any, labels: Any = None,
     y_sel = y[sel.to(y.device)]
     spec = class_pairs(y_sel, pairs, classes=classes)
     rows: list[dict[str, Any]] = []
-    bar = tqdm(total=len(layers) * len(spec), desc="layer separability", unit="pair", disable=not progress)
+    bar = progress_bar(total=len(layers) * len(spec), progress=progress, desc="layer separability", unit="pair",
+                       leave=False)
     try:
         for name, tensor in layers.items():
             X = check_features(tensor, f"activations[{name!r}]", ndim=None)
