@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from sepmeasure import provenance
 from sepmeasure.provenance import environment_info, git_commit, library_versions, seed_everything
 from sepmeasure.storage import atomic_path, atomic_write_text
 from sepmeasure.validation import (check_choice, check_features, check_int, check_labels, check_positive,
@@ -92,9 +96,47 @@ def test_seed_everything_is_reproducible():
         assert np.array_equal(np.asarray(u), np.asarray(v))
 
 
+def _head_from_files(repo: Path) -> str:
+    """The commit HEAD points at, read from the files under .git (no git command involved)."""
+    head = (repo / ".git" / "HEAD").read_text().strip()
+    if not head.startswith("ref: "):
+        return head
+    ref = head[len("ref: "):]
+    loose = repo / ".git" / ref
+    if loose.is_file():
+        return loose.read_text().strip()
+    for line in (repo / ".git" / "packed-refs").read_text().splitlines():
+        if line.endswith(" " + ref):
+            return line.split()[0]
+    raise AssertionError(f"{ref} not found under {repo / '.git'}")
+
+
 def test_environment_info_records_versions_and_commit():
     info = environment_info()
     assert info["version_torch"] == library_versions()["torch"]
     assert info["version_sepmeasure"] != "absent"
     assert info["git_commit"] == git_commit()
-    assert git_commit("/") is None or isinstance(git_commit("/"), str)
+    package_root = Path(provenance.__file__).resolve().parents[1]
+    if (package_root / ".git").is_dir():   # the default path is the package's own checkout
+        assert git_commit() == _head_from_files(package_root)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs the git command")
+def test_git_commit_of_a_checkout_and_of_a_plain_folder(tmp_path, monkeypatch):
+    # nothing above tmp_path counts as a checkout, whatever the machine's folders hold
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert git_commit(plain) is None
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org",
+           "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (repo / "f.txt").write_text("x")
+    subprocess.run([*git, "add", "f.txt"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "one"], check=True)
+    expected = _head_from_files(repo)
+    assert len(expected) == 40 and git_commit(repo) == expected
+    (repo / "sub").mkdir()
+    assert git_commit(repo / "sub") == expected
