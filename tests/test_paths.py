@@ -228,7 +228,12 @@ def test_deep_resnet_distribution_is_fast():
     u = path_length_distribution(net, normalized=False)
     elapsed = time.perf_counter() - start
     assert elapsed < 1.0, elapsed
-    assert d.mean == pytest.approx(61.0) and math.isfinite(u.mean) and u.log10_paths > 100
+    assert d.mean == pytest.approx(61.0)
+    # counting paths: the stem gives 16 per channel, each block maps a uniform count a to
+    # a + 16 * 16 a (skip plus conv-act-conv branch), the head sums 16 channels into 10 outputs;
+    # a block's branch holds 256 of its 257 paths, each with 2 non-linear channels, then the final act
+    assert u.log10_paths == pytest.approx(math.log10(16 * 10) + 60 * math.log10(257), rel=1e-12)
+    assert u.mean == pytest.approx(1 + 2 * 60 * 256 / 257, rel=1e-12)
 
 
 def test_wide_deep_graphs_do_not_overflow():
@@ -244,6 +249,9 @@ def test_tables():
     assert g.to_frame().nonlinear_fraction.tolist() == [0.0, 0.5, 1.0, 0.0]
     frame = path_length_distribution(g).to_frame()
     assert frame.probability.sum() == pytest.approx(1.0) and frame.length.tolist() == [0, 1, 2]
+    # every path has the non-linear channel of h1; half of them also the one of h0
+    assert frame.probability.tolist() == pytest.approx([0.0, 0.5, 0.5], abs=1e-12)
+    assert frame.normalized.tolist() == [False] * 3
 
 
 # ----------------------------------------------------------------------------- bad input
