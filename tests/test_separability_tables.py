@@ -243,6 +243,28 @@ def test_linear_probe_split_and_errors():
         linear_probe(A, B, test_fraction=1.0)
 
 
+def test_linear_probe_accuracy_is_that_of_its_classifier():
+    """Whatever the split, the returned classifier (A where x @ normal + bias > 0) gets exactly
+    accuracy * n_test held-out and train_accuracy * n_train training points right."""
+    g = torch.Generator().manual_seed(5)
+    A = torch.randn(40, 3, generator=g, dtype=torch.float64) + torch.tensor([0.8, 0.0, 0.0], dtype=torch.float64)
+    B = torch.randn(36, 3, generator=g, dtype=torch.float64)
+    for seed in (0, 1, 2):
+        p = linear_probe(A, B, test_fraction=0.25, seed=seed)
+        assert (p.n_test, p.n_train) == (10 + 9, 30 + 27)
+        correct = int((A @ p.normal + p.bias > 0).sum() + (B @ p.normal + p.bias <= 0).sum())
+        k_test, k_train = p.accuracy * p.n_test, p.train_accuracy * p.n_train
+        assert k_test == pytest.approx(round(k_test), abs=1e-9) and k_train == pytest.approx(round(k_train), abs=1e-9)
+        assert round(k_test) + round(k_train) == correct
+        assert 0.5 < correct / 76 < 1.0                # overlapping sets: an informative but imperfect probe
+        assert (p.lower, p.upper) == pytest.approx(wilson_interval(round(k_test), p.n_test), abs=1e-15)
+        assert float(p.normal.norm()) == pytest.approx(1.0, abs=1e-12)
+    far = linear_probe(A + 20.0, B, seed=0)               # separated by a wide margin
+    assert far.accuracy == 1.0 and far.train_accuracy == 1.0
+    assert bool((A @ far.normal + 20.0 * far.normal.sum() + far.bias > 0).all())
+    assert bool((B @ far.normal + far.bias < 0).all())
+
+
 # ----------------------------------------------------------------------------
 # Callback
 # ----------------------------------------------------------------------------
