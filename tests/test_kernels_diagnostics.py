@@ -105,7 +105,10 @@ def test_spectrum(device):
     expected = np.sort(np.linalg.eigvalsh(k.cpu().numpy()))[::-1]
     assert np.allclose(s.eigenvalues.cpu().numpy(), expected, rtol=1e-10, atol=1e-10)
     assert s.trace == pytest.approx(float(k.trace()), rel=1e-10)
-    assert s.min_eigenvalue >= -1e-10
+    assert s.min_eigenvalue == pytest.approx(float(expected[-1]), abs=1e-10)   # rank 3 of 5: zero up to rounding
+    assert s.effective_rank == pytest.approx(effective_rank(k), rel=1e-12)
+    p = expected[:3] / expected[:3].sum()
+    assert s.effective_rank == pytest.approx(float(np.exp(-(p * np.log(p)).sum())), rel=1e-9)
     table = s.to_frame()
     assert list(table.columns) == ["measure", "index", "value"]
     assert (table.measure == "eigenvalue").sum() == 5
@@ -167,12 +170,30 @@ def test_callback_records_during_fit(kind, device):
 def test_callback_with_given_subset(device):
     train = load_dataset("xor", size=80)
     x, y = train.X[:10], train.y[:10]
-    cb = KernelDiagnostics("ntk", x, y, epochs="all", steps=[1])
-    fit(MLP(2, [8], 2).to(device), train, epochs=1, batch_size=16, callbacks=[cb], progress=False, device=device)
+    cb = KernelDiagnostics("ntk", x, y, epochs="all", steps=[1], keep_kernels=True)
+    model = MLP(2, [8], 2).to(device)
+    fit(model, train, epochs=1, batch_size=16, callbacks=[cb], progress=False, device=device)
     assert set(cb.table["trigger"]) == {"epoch", "step"}
     assert set(cb.table["n"]) == {10}
     velocity = cb.table[(cb.table.measure == "kernel_velocity")]
     assert len(velocity) == 2 and np.isfinite(velocity.value).all()
+    # recordings at epoch 0, after step 1 and after epoch 1
+    steps = math.ceil(len(train) / 16)
+    assert [(e, s) for e, s, _ in cb.kernels] == [(0, 0), (0, 1), (1, steps)]
+    k0, k1, k2 = (k for _, _, k in cb.kernels)
+    # the last kernel is the trained model's trace NTK on the given x, not on other samples
+    model.eval()
+    direct = empirical_ntk(model, x.to(device), output="trace").cpu()
+    assert torch.allclose(k2.double(), direct.double(), rtol=1e-5, atol=1e-6)
+    # velocity = distance to the previous recording per (fractional) epoch elapsed: 1 step, then the rest
+    elapsed = [1 / steps, (steps - 1) / steps]
+    assert velocity.value.tolist() == pytest.approx([kernel_distance(k0, k1) / elapsed[0],
+                                                     kernel_distance(k1, k2) / elapsed[1]], rel=1e-9)
+    last = cb.table[(cb.table.epoch == 1) & (cb.table.trigger == "epoch")].set_index("measure").value
+    assert last["distance_to_initial"] == pytest.approx(kernel_distance(k0, k2), rel=1e-9)
+    assert last["alignment"] == pytest.approx(hand_centred_alignment(k2.double().numpy(),
+                                                                     np.eye(2)[y.numpy()] @ np.eye(2)[y.numpy()].T),
+                                              rel=1e-6)
 
 
 def test_bad_input(device):
