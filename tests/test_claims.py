@@ -360,7 +360,14 @@ def test_threshold():
     t = pd.DataFrame({"seed": [0, 1, 2], "accuracy": [0.86, 0.87, 0.9]})
     c = Threshold(name="dlgn", paper="Lakshminarayanan & Singh 2021", statement="DLGN reaches over 83.5%",
                   value="accuracy", op=">=", bound=0.835, partial=0.7)
-    assert c.evaluate(t).verdict == "supported"
+    r = c.evaluate(t)
+    assert r.verdict == "supported"
+    assert r.effect == pytest.approx(np.mean([0.86, 0.87, 0.9])) and r.n_seeds == 3
+    # several rows of a seed are averaged first, then the seeds
+    multi = pd.DataFrame({"seed": [0, 0, 1, 2, 2, 2], "accuracy": [0.8, 0.9, 0.88, 0.9, 0.91, 0.95]})
+    r = c.evaluate(multi)
+    assert [v for _, v in r.per_seed] == pytest.approx([0.85, 0.88, 0.92])
+    assert r.effect == pytest.approx((0.85 + 0.88 + 0.92) / 3)
     assert c.evaluate(t.assign(accuracy=[0.75, 0.76, 0.74])).verdict == "partly supported"
     assert c.evaluate(t.assign(accuracy=[0.5, 0.55, 0.6])).verdict == "not supported"
     assert c.evaluate(t.assign(accuracy=[0.8, 0.9, 0.85])).verdict == "inconclusive"
