@@ -280,4 +280,10 @@ def test_numpy_input():
     A, B = gaussians(10, 10, 3, 2.0, seed=0)
     r = hull_distance(A.numpy(), B.numpy())
     assert r.distance == pytest.approx(hull_distance(A, B).distance, rel=1e-12)
-    assert isinstance(np.asarray(r.normal), np.ndarray)
+    # the normal (unit length) and the weights returned for arrays certify the distance on those arrays
+    normal = np.asarray(r.normal, dtype=np.float64)
+    assert np.linalg.norm(normal) == pytest.approx(1.0, abs=1e-12)
+    An, Bn = A.numpy(), B.numpy()
+    assert float((An @ normal).min() - (Bn @ normal).max()) >= r.lower * (1 - 1e-9) > 0
+    u, v = An.T @ np.asarray(r.weights_a), Bn.T @ np.asarray(r.weights_b)
+    assert float(np.linalg.norm(u - v)) == pytest.approx(r.distance, rel=1e-9)

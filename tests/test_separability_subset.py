@@ -61,9 +61,12 @@ def test_exact_matches_brute_force_in_2d(seed):
     r = separable_subset_fraction(A, B, method="exact")
     assert r.value == pytest.approx(brute, abs=1e-12)
     assert r.lower <= brute + 1e-12 <= r.upper + 1e-12
-    if r.normal is not None:   # the returned classifier keeps that many points
+    n, m = A.shape[0], B.shape[0]
+    if r.normal is None:       # only a rule keeping one whole class has no hyperplane
+        assert r.value == max(n, m) / (n + m)
+    else:                      # the returned classifier keeps that many points
         kept = int((A.double() @ r.normal > r.offset).sum() + (B.double() @ r.normal < r.offset).sum())
-        assert kept / (A.shape[0] + B.shape[0]) == r.value
+        assert kept / (n + m) == r.value
 
 
 def test_strict_program_runs_only_while_the_bound_is_open(record_solves):
