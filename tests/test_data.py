@@ -96,15 +96,24 @@ def test_npz_adapter(tmp_path):
     np.savez(p, X=X, y=y)
     train, test = load_npz(p, split="both", seed=1)
     assert len(train) + len(test) == 60
+    # together the two parts hold every (row, label) pair of the file once, rows still with their labels
+    pairs = lambda d: sorted(zip(map(bytes, d.X.numpy()), d.y.tolist()))  # noqa: E731
+    original = sorted(zip(map(bytes, X.astype(np.float32)), y.tolist()))
+    assert sorted(pairs(train) + pairs(test)) == original
+    assert np.bincount(test.y.numpy()).tolist() == [4, 4, 4]   # stratified: 20% of each class of 20
     via_name = load_dataset(str(p), split="train", seed=1)
     assert torch.equal(via_name.X, train.X)
     d = as_dataset(p)
     assert isinstance(d, LabeledData) and len(d) == 60
     np.testing.assert_allclose(d.X.numpy(), X.astype(np.float32))
+    assert d.y.tolist() == y.tolist()
     q = tmp_path / "split.npz"
     np.savez(q, X=X[:40], y=y[:40], X_test=X[40:], y_test=y[40:])
     tr, te = load_npz(q)
     assert (len(tr), len(te)) == (40, 20)
+    # given test arrays are used as they are, in order, without standardisation
+    assert np.array_equal(tr.X.numpy(), X[:40].astype(np.float32)) and tr.y.tolist() == y[:40].tolist()
+    assert np.array_equal(te.X.numpy(), X[40:].astype(np.float32)) and te.y.tolist() == y[40:].tolist()
 
 
 def test_npz_without_keys_is_an_error(tmp_path):
@@ -120,8 +129,9 @@ def test_array_and_dataset_adapters():
     X, y = np.random.randn(10, 4).astype(np.float32), np.arange(10) % 2
     d = as_dataset((X, y))
     assert isinstance(d, LabeledData) and d.n_classes == 2
+    assert np.array_equal(d.X.numpy(), X) and d.y.tolist() == y.tolist()
     d2 = as_dataset((torch.from_numpy(X), torch.from_numpy(y)))
-    assert torch.equal(d.X, d2.X)
+    assert torch.equal(d.X, d2.X) and torch.equal(d.y, d2.y)
 
     class Mine(Dataset):
         def __len__(self):
