@@ -100,8 +100,25 @@ def test_tiny_run_summary_and_claim(device):
     assert set(layers["layer_index"].astype(int)) == {1, 2, 3}
     assert not layers.duplicated(subset=["seed", "method", "measure", "layer_index"]).any()
     tables = S7.summarize(results)
-    assert len(tables["answer"]) == 1 and isinstance(tables["answer"]["answer"][0], str)
-    assert set(tables["correlation"]["method"]) == {"mask", "prior"}
+    corr = tables["correlation"]
+    assert set(corr["method"]) == {"mask", "prior"}
+    assert len(corr) == 3 * 2 * 2   # seeds x methods x predictors
+    # each correlation recomputed from the layer rows: Spearman of the input's separability against
+    # the share left linear, undefined (nan) where either is the same in every layer
+    wide = layers.pivot_table(index=["seed", "layer_index"], columns=["method", "measure"], values="value")
+    for _, row in corr.iterrows():
+        g = wide.loc[row["seed"]].sort_index()
+        x, y = g[("separability", row["predictor"])].to_numpy(), g[(row["method"], "linear_share")].to_numpy()
+        if np.ptp(x) == 0 or np.ptp(y) == 0:
+            assert np.isnan(row["rho"]) and np.isnan(row["p_value"])
+        else:
+            assert row["rho"] == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+    answer = tables["answer"]["answer"]
+    assert len(answer) == 1
+    if corr[corr["predictor"] == "linear_probe"]["rho"].isna().all():
+        assert answer[0].startswith("No correlation could be measured")
+    else:
+        assert answer[0].split(":")[0] in {"Yes", "No", "Partly", "Unclear"} and "Spearman rho" in answer[0]
     for claim in S7.claims:
         assert claim.evaluate(tables[claim.table]).verdict in VERDICTS
     for spec in S7.figures:
