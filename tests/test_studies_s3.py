@@ -148,10 +148,23 @@ def test_tiny_run_gives_tidy_tables_and_claims_evaluate(device):
     tables = STUDY.summarize(results)
     acc = tables["accuracy"]
     assert len(acc) == 3 * len(S3.MODELS) and acc["test_accuracy"].between(0, 1).all()
-    assert np.allclose(acc[acc["model"] == "dnn"]["ratio_to_dnn"], 1.0)
+    # every model's accuracy and its ratio to the ReLU network of the same seed, read off the raw rows
+    raw = results[(results["part"] == "models") & (results["kind"] == "accuracy")]
+    test_acc = raw[raw["split"] == "test"].set_index(["seed", "model"])["value"]
+    train_acc = raw[raw["split"] == "train"].set_index(["seed", "model"])["value"]
+    for _, row in acc.iterrows():
+        key = (row["seed"], row["model"])
+        assert row["test_accuracy"] == test_acc[key] and row["train_accuracy"] == train_acc[key]
+        assert row["ratio_to_dnn"] == pytest.approx(test_acc[key] / test_acc[(row["seed"], "dnn")], rel=1e-12)
     assert set(tables["decoupled"]["gates"]) == {"dnn", "trained", "init"}
     ntk = tables["ntk_npk"]
-    assert len(ntk) == 3 * 3 and (ntk["theoretical_constant"] > 0).all()
+    assert len(ntk) == 3 * 3
+    # value layers 40 -> 8 -> 8 -> 10 with weight variances 1 / (3 fan_in): sum over layers of the
+    # product of the other layers' variances
+    v = [1 / (3 * 40), 1 / (3 * 8), 1 / (3 * 8)]
+    expected = sum(math.prod(v[j] for j in range(3) if j != i) for i in range(3))
+    assert np.allclose(ntk["theoretical_constant"], expected, rtol=1e-12, atol=0)
+    assert np.allclose(ntk["constant_ratio"], ntk["fitted_constant"] / expected, rtol=1e-12, atol=0)
     align = tables["alignment"]
     assert set(align["epoch"]) == {0, 1, 2} and align["npk_alignment"].notna().all()
     for claim in STUDY.claims:
