@@ -230,4 +230,8 @@ def test_bad_input(device):
         KernelDiagnostics("ntk", x=torch.randn(3, 2))
     with pytest.raises(ValueError, match="n: expected an int >= 1"):
         KernelDiagnostics("ntk", n=0)
-    assert isinstance(kernel_diagnostics(k), pd.DataFrame)
+    alone = kernel_diagnostics(k)   # no labels, no earlier kernel: the effective rank only
+    assert isinstance(alone, pd.DataFrame) and alone.measure.tolist() == ["effective_rank"]
+    ev = np.linalg.eigvalsh(k.cpu().numpy())[-2:]   # psd(4, 2): two non-zero eigenvalues
+    p = ev / ev.sum()
+    assert alone.value.tolist() == pytest.approx([float(np.exp(-(p * np.log(p)).sum()))], rel=1e-9)
