@@ -12,7 +12,6 @@ bookkeeping of the bounds and the reading of HiGHS's answers are here.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -145,17 +144,6 @@ _SOLVED = ("optimal", "optimal_inaccurate")
 def highs_options(time_limit: float) -> dict[str, float]:
     """Options of every HiGHS solve: the time limit and a zero relative MIP gap."""
     return {"time_limit": float(time_limit), "mip_rel_gap": 0.0}
-
-
-def solve_reporting_status(problem, options: dict[str, float]) -> None:
-    """Solve ``problem`` with HiGHS; its status is read by the caller and reported in the result.
-
-    cvxpy warns "Solution may be inaccurate" when HiGHS stops at its time limit; the result's
-    ``status`` says so already (``"time_limit (...)"``), so the warning is not repeated.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Solution may be inaccurate", category=UserWarning)
-        problem.solve(solver="HIGHS", **options)
 
 
 def failure_status(problem) -> str:

@@ -48,6 +48,7 @@ import torch
 
 from .._progress import progress_bar, wanted
 from ..validation import check_choice, check_features, check_int, check_labels, check_positive, describe
+from ._cvx import solve_reporting_status
 from ._results import CertifiedResult
 from .pointsets import check_point_sets, class_pairs
 
@@ -705,7 +706,7 @@ def _reference(A: torch.Tensor, B: torch.Tensor, *, tol: float, zero_tol: float,
     objective = cp.sum_squares(diff) if name in _QP_ONLY_SOLVERS else cp.norm(diff, 2)
     problem = cp.Problem(cp.Minimize(objective), [cp.sum(a) == 1, cp.sum(b) == 1])
     try:
-        problem.solve(solver=name, **(solver_options or {}))
+        solve_reporting_status(problem, solver_options or {}, solver=name)
     except cp.error.SolverError as exc:
         raise HullSolverError(f"solver {name} failed on the hull-distance problem: {exc}") from exc
     status = problem.status

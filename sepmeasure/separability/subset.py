@@ -26,8 +26,9 @@ import torch
 
 from ..validation import check_int
 from ._results import CertifiedResult
-from ._search import (METHODS, certified_search, check_bound_args, check_search_args, failure_status,
-                      highs_options, proven_bound, solve_reporting_status, start_directions, unit_sup_norm)
+from ._cvx import solve_reporting_status
+from ._search import (certified_search, check_bound_args, check_search_args, failure_status,
+                      highs_options, proven_bound, start_directions, unit_sup_norm)
 from ._search import check_direction as _check_direction
 from .hull import HullDistance
 from .pointsets import check_point_sets, span_coordinates
