@@ -15,12 +15,26 @@ def pytest_addoption(parser):
                      help="device for device-dependent tests: cpu (default) or cuda")
 
 
+def _test_device(config) -> torch.device:
+    value = config.getoption("--device")
+    try:
+        dev = torch.device(value)
+    except RuntimeError as exc:
+        raise pytest.UsageError(f"--device: expected a torch device such as 'cpu' or 'cuda', got {value!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError(f"--device: {value!r} was asked for (option or SEPMEASURE_TEST_DEVICE) but "
+                                f"torch.cuda.is_available() is False on this machine")
+    return dev
+
+
+def pytest_configure(config):
+    # a device that is asked for and missing stops the run, rather than skipping its tests unseen
+    _test_device(config)
+
+
 @pytest.fixture(scope="session")
 def device(request) -> torch.device:
-    dev = torch.device(request.config.getoption("--device"))
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        pytest.skip("--device cuda given but no CUDA device is available")
-    return dev
+    return _test_device(request.config)
 
 
 @pytest.fixture(scope="session", autouse=True)
