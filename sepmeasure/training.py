@@ -174,8 +174,6 @@ def _make_optimizer(name: str, params, lr: float, momentum: float, weight_decay:
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
-
-
 def fit(model: nn.Module, train: Any, test: Any = None, *, epochs: int = 10, lr: float = 0.05,
         optimizer: str = "sgd", batch_size: int = 128, seed: int = 0, callbacks: Sequence[Callback] = (),
         device: torch.device | str | None = None, progress: bool = True, momentum: float = 0.9,
