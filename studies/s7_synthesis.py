@@ -108,6 +108,7 @@ def permutation_correlation(x, y, n_perm: int = N_PERM, seed: int = 0) -> dict[s
     return {"rho": rho, "null_mean": float(null.mean()), "null_q95": float(np.quantile(null, 0.95)), "p_value": p,
             "excess": rho - float(null.mean()), "exact": float(exact)}
 
+
 def run_one(config: dict, device: str | None = None) -> pd.DataFrame:
     from sepmeasure.separability import layer_separability
 

@@ -20,7 +20,6 @@ from sepmeasure.training import Callback, fit
 F64 = torch.float64
 
 
-
 def psd(n: int, rank: int, device, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     a = torch.randn(n, rank, generator=g, dtype=F64).to(device)

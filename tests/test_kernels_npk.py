@@ -17,7 +17,6 @@ from sepmeasure.models import CNN, MLP, ResNet
 F64 = torch.float64
 
 
-
 def relu_gates(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """1[input > 0] of every nn.ReLU module, captured independently of the library."""
     found = {}

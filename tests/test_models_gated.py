@@ -15,7 +15,6 @@ from sepmeasure.models.gated import DGN, DLGN, BetaAnnealing, effective_halfspac
 from sepmeasure.training import Callback, evaluate, fit
 
 
-
 @pytest.fixture(scope="module")
 def mnist1d():
     return load_dataset("mnist1d", split="both", size=1000, seed=0)

@@ -16,7 +16,6 @@ from sepmeasure.models.linearizable import (LinearizablePReLU, LinearizationSche
 from sepmeasure.training import Callback, fit
 
 
-
 @pytest.fixture(scope="module")
 def mnist1d():
     return load_dataset("mnist1d", split="both", size=1000, seed=0)

@@ -13,7 +13,6 @@ from sepmeasure.models.masked import (FoldedMLP, LinearityMask, MaskPenalty, app
 from sepmeasure.training import evaluate, fit
 
 
-
 @pytest.fixture(scope="module")
 def mnist1d():
     return load_dataset("mnist1d", split="both", size=1000, seed=0)

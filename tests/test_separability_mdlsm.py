@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from sepmeasure.separability import hull_distance, md_lsm, pair_fraction
 
 
-
 def brute_pair_count(A: np.ndarray, B: np.ndarray, w: np.ndarray) -> int:
     """Pairs with w.a > w.b, by the double loop."""
     return sum(1 for a in A for b in B if float(w @ a) > float(w @ b))

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from sepmeasure.separability import hull_distance, separable_subset_fraction, subset_fraction
 
 
-
 def brute_kept(sa: np.ndarray, sb: np.ndarray) -> int:
     """Best of both orientations over every threshold between (or beyond) the sorted scores."""
     values = np.unique(np.concatenate([sa, sb]))

@@ -17,7 +17,6 @@ from sepmeasure.separability import (SeparabilityCallback, add_relative_hull_dis
 from sepmeasure.training import fit
 
 
-
 def three_classes(seed=0, n=30, d=5, sep=3.0):
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(3).repeat_interleave(n)

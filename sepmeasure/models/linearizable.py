@@ -310,4 +310,3 @@ class LinearizationSchedule(Callback):
         table["snapped_now"] = [snapped.get(name, 0) for name in table.layer]
         table["active"] = self.prior.active
         return table
-
