@@ -81,7 +81,10 @@ class LabeledData(Dataset):
         return int(self.y.max()) + 1 if len(self) else 0
 
     def subset(self, index: torch.Tensor | np.ndarray | slice) -> "LabeledData":
-        """Rows ``index`` as a new :class:`LabeledData` (meta copied)."""
+        """Rows ``index`` as a new :class:`LabeledData` (meta copied); a tensor index may live on any device."""
+        if isinstance(index, torch.Tensor):
+            return LabeledData(self.X[index.to(self.X.device)], self.y[index.to(self.y.device)], self.name,
+                               dict(self.meta))
         return LabeledData(self.X[index], self.y[index], self.name, dict(self.meta))
 
     def to(self, device: torch.device | str) -> "LabeledData":

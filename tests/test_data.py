@@ -164,3 +164,17 @@ def test_array_and_dataset_adapters():
 def test_bad_input_is_named(call, exc, pattern):
     with pytest.raises(exc, match=pattern):
         call()
+
+
+def test_subset_takes_index_tensors_from_any_device(device):
+    data = load_dataset("gaussians", size=40, seed=0)
+    idx = torch.tensor([3, 1, 4, 1, 5])
+    ref = data.subset(idx)
+    assert torch.equal(ref.X, data.X[idx]) and torch.equal(ref.y, data.y[idx])
+    on_device = data.to(device)
+    for index in (idx, idx.to(device)):
+        for source in (data, on_device):
+            got = source.subset(index)
+            assert got.X.device == source.X.device and got.y.device == source.y.device
+            assert torch.equal(got.X.cpu(), ref.X) and torch.equal(got.y.cpu(), ref.y)
+    assert torch.equal(data.subset(slice(1, 3)).y, data.y[1:3])

@@ -187,6 +187,11 @@ def test_effective_halfspaces_bad_input():
         effective_halfspaces(DLGN(1, [2], 2, arch="cnn"))
     with pytest.raises(ValueError, match="input_shape"):
         effective_halfspaces(DLGN(1, [2], 2, arch="cnn"), input_shape=(2, 10))
+    hs = effective_halfspaces(DLGN(3, [2], 2))
+    with pytest.raises(TypeError, match="x: expected a Tensor"):
+        hs.pre_activations([[0.0, 1.0, 2.0]])
+    with pytest.raises(ValueError, match="x: expected a tensor on the device of the half-spaces"):
+        hs.pre_activations(torch.zeros(1, 3, device="meta"))
 
 
 def test_halfspaces_table():

@@ -200,6 +200,24 @@ def test_on_device(device):
 # Probe
 # ----------------------------------------------------------------------------
 
+def test_fit_logistic_bad_input_and_label_forms():
+    X = torch.tensor([[0.0], [1.0], [3.0], [4.0]])
+    w, b = fit_logistic(X, torch.tensor([0, 0, 1, 1]))
+    for y in ([0, 0, 1, 1], torch.tensor([0.0, 0.0, 1.0, 1.0]), np.array([0, 0, 1, 1])):
+        w2, b2 = fit_logistic(X, y)
+        assert torch.equal(w2, w) and b2 == b
+    with pytest.raises(ValueError, match=r"y: expected binary labels in \{0, 1\}, got values \[0, 2\]"):
+        fit_logistic(X, torch.tensor([0, 0, 2, 2]))
+    with pytest.raises(ValueError, match="y: expected .*4"):
+        fit_logistic(X, torch.tensor([0, 1, 1]))
+    with pytest.raises(ValueError, match="X: expected a 2-dimensional"):
+        fit_logistic(X[:, 0], torch.tensor([0, 0, 1, 1]))
+    with pytest.raises(ValueError, match="weights: expected 4 non-negative"):
+        fit_logistic(X, torch.tensor([0, 0, 1, 1]), weights=torch.ones(3))
+    with pytest.raises(ValueError, match="max_iter"):
+        fit_logistic(X, torch.tensor([0, 0, 1, 1]), max_iter=0)
+
+
 def test_fit_logistic_matches_scikit_learn():
     g = torch.Generator().manual_seed(0)
     X = torch.randn(200, 4, generator=g, dtype=torch.float64) * torch.tensor([1.0, 3.0, 0.5, 2.0], dtype=torch.float64)

@@ -410,7 +410,12 @@ class EffectiveHalfSpaces:
     method: str
 
     def pre_activations(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """``<normal, x> + offset`` for a batch ``x`` of shape ``(N, *input_shape)``."""
+        """``<normal, x> + offset`` for a batch ``x`` of shape ``(N, *input_shape)`` on the normals' device."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x: expected a Tensor of shape (N, *input_shape), got {describe(x)}")
+        if self.normals and x.device != self.normals[0].device:
+            raise ValueError(f"x: expected a tensor on the device of the half-spaces ({self.normals[0].device}), "
+                             f"got one on {x.device}")
         flat = x.reshape(x.shape[0], -1)
         out = []
         for a, c in zip(self.normals, self.offsets):

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..validation import check_int, check_positive
+from ..validation import check_features, check_int, check_labels, check_positive, describe
 from .pointsets import check_point_sets
 
 __all__ = ["ProbeResult", "fit_logistic", "linear_probe", "wilson_interval"]
@@ -79,7 +79,7 @@ def fit_logistic(X: torch.Tensor, y: torch.Tensor, *, l2: float = 1e-3, max_iter
     ----------
     X : Tensor of shape (N, d)
     y : Tensor of shape (N,)
-        Labels in {0, 1}.
+        Labels in {0, 1} (moved to ``X``'s device).
     l2 : float
         Ridge penalty on the standardised weights.
     max_iter : int
@@ -94,7 +94,17 @@ def fit_logistic(X: torch.Tensor, y: torch.Tensor, *, l2: float = 1e-3, max_iter
     >>> bool(w[0] > 0), ((X.double() @ w + b) > 0).long().tolist()
     (True, [0, 0, 1, 1])
     """
-    X = X.to(torch.float64)
+    X = check_features(X, "X").to(torch.float64)
+    y = check_labels(y, "y", n=X.shape[0], n_name="X", device=X.device)
+    if not bool(((y == 0) | (y == 1)).all()):
+        raise ValueError(f"y: expected binary labels in {{0, 1}}, got values {torch.unique(y).tolist()}")
+    l2 = check_positive(l2, "l2", strict=False)
+    max_iter = check_int(max_iter, "max_iter", minimum=1)
+    if weights is not None:
+        weights = check_features(weights, "weights", ndim=1, device=X.device)
+        if weights.shape[0] != X.shape[0] or bool((weights < 0).any()):
+            raise ValueError(f"weights: expected {X.shape[0]} non-negative per-sample weights (one per row of X), "
+                             f"got {describe(weights)}")
     yf = y.to(torch.float64)
     mean = X.mean(0)
     std = X.std(0, unbiased=False)
