@@ -652,6 +652,18 @@ def write_report(out_dir: str | os.PathLike = "reports") -> dict[str, Any]:
         When ``out_dir`` does not exist or holds no study results.
     NotADirectoryError
         When ``out_dir`` is a file.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from sepmeasure.study import Study
+    >>> out = tempfile.mkdtemp()
+    >>> study = Study(name="squares", run_one=lambda config: [{"value": config["x"] ** 2}],
+    ...               quick={"x": [1, 2]}, full={"x": [1, 2]}, seeds={"quick": 1, "full": 1})
+    >>> _ = study.run("quick", out=out, progress=False)
+    >>> paths = write_report(out)
+    >>> paths["index"].name, sorted(paths["studies"])
+    ('index.html', ['squares'])
     """
     if not isinstance(out_dir, (str, os.PathLike)):
         raise TypeError(f"out_dir: expected a directory path, got {describe(out_dir)}")

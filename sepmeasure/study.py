@@ -698,6 +698,23 @@ class Study:
         re-run.
     cache_format : {"json", "pickle", "parquet"}
         How each configuration's rows are cached (parquet needs pyarrow).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from sepmeasure.claims import MonotoneTrend
+    >>> from sepmeasure.report import write_study_report
+    >>> def run_one(config):
+    ...     return [{"measure": "square", "value": config["x"] ** 2 + 0.1 * config["seed"]}]
+    >>> grows = MonotoneTrend(name="grows", paper="(example)", statement="the value grows with x",
+    ...                       x="x", y="value")
+    >>> study = Study(name="squares", run_one=run_one, quick={"x": [1, 2, 3]}, full={"x": [1, 2, 3, 4]},
+    ...               seeds={"quick": 3, "full": 5}, claims=[grows])
+    >>> result = study.run("quick", out=tempfile.mkdtemp(), progress=False)
+    >>> result.verdicts()
+    {'grows': 'supported'}
+    >>> write_study_report(result.out_dir)["html"].name
+    'report.html'
     """
 
     name: str
