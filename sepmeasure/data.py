@@ -229,28 +229,52 @@ def load_dataset(name: str, split: str = "train", seed: int = 0, *, size: int | 
     name : str
         One of ``DATASETS`` (``"mnist1d"``, ``"digits"``, ``"two_moons"``, ``"xor"``,
         ``"spirals"``, ``"gaussians"``) or a path to an ``.npz`` file (see :func:`load_npz`).
-    split : {"train", "test", "both"}
+    split : {"train", "test", "both"}, default "train"
         Which part to return; ``"both"`` returns a :class:`Split` ``(train, test)``.
-    seed : int
-        Seeds generation (synthetic sets and mnist1d), subsampling and the split.
+    seed : int, default 0
+        Seeds generation (synthetic sets and mnist1d), subsampling and the split; ``>= 0``.
     size : int, optional
         Number of samples before splitting (default: 5000 for mnist1d, all 1797 digits,
-        1000 for the synthetic sets).
+        1000 for the synthetic sets); ``>= 4``. Not used for ``.npz`` files.
     noise : float, optional
-        Noise scale of the synthetic sets (ignored by mnist1d and digits).
-    test_fraction : float
-        Share of each class held out for ``"test"``.
-    standardize : bool, "feature", "global" or None
+        Noise scale of the synthetic sets (ignored by mnist1d and digits), ``>= 0``; default:
+        0.1 (two_moons), 0.05 (xor), 0.02 (spirals), 1.0 (gaussians). Not used for ``.npz`` files.
+    test_fraction : float, default 0.2
+        Share of each class held out for ``"test"``, strictly between 0 and 1.
+    standardize : bool, "feature", "global", "none" or None, default True
         Standardisation fitted on the training part only and applied to both parts.
         ``True`` picks the dataset's default (per feature; one global scale for images; none
-        for ``.npz`` files, whose data is taken as given).
+        for ``.npz`` files, whose data is taken as given); ``False``, ``None`` and ``"none"``
+        leave the data as generated.
     **options
-        Generator options: ``n_classes`` (spirals, gaussians), ``turns`` (spirals),
-        ``dim``, ``separation`` (gaussians).
+        Generator options: ``n_classes`` (spirals, gaussians; default 2), ``turns`` (spirals;
+        default 1.5), ``dim`` (gaussians; default 2), ``separation`` (gaussians; distance of the
+        class means from the origin, default 3.0). Not used for ``.npz`` files.
 
     Returns
     -------
     LabeledData or Split
+        ``X`` of shape ``(n, *input_shape)`` (``(n, 40)`` for mnist1d, ``(n, 1, 8, 8)`` for
+        digits, ``(n, 2)`` for the 2-D sets, ``(n, dim)`` for gaussians), float32; ``y`` of
+        shape ``(n,)``, int64. ``meta`` records the dataset, its arguments, the split and the
+        standardisation statistics.
+
+    Raises
+    ------
+    TypeError
+        ``name`` is neither a string nor a path; ``seed`` or ``size`` is not an int (bools are
+        refused); ``noise`` is not a real number; ``options`` holds an option the dataset does
+        not take (mnist1d, digits, two_moons and xor take none).
+    ValueError
+        ``name`` is neither one of ``DATASETS`` nor a path ending in ``.npz`` (the message
+        suggests a close name); ``split`` is not ``"train"``, ``"test"`` or ``"both"``;
+        ``seed < 0``; ``size < 4``; ``noise`` is negative or not finite; ``test_fraction`` is
+        not strictly between 0 and 1; ``standardize`` is not one of the accepted values; the
+        train or test part would be empty (few samples and an extreme ``test_fraction``; the
+        message names the data, e.g. ``two_moons.X``).
+    FileNotFoundError, KeyError
+        For an ``.npz`` path, as :func:`load_npz` raises them (as well as its ``TypeError`` and
+        ``ValueError``).
 
     Examples
     --------
@@ -316,6 +340,43 @@ def load_npz(path: str | os.PathLike, split: str = "both", seed: int = 0, *, tes
     Without ``X_test``/``y_test`` the file is split like an embedded dataset. ``standardize``
     defaults to ``None`` (user data is taken as given); ``"feature"``/``"global"`` fit on train.
 
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.npz`` file. ``X`` has shape ``(N, *input_shape)`` (any real dtype; stored as
+        float32), ``y`` shape ``(N,)`` (integer class labels); ``X_test``/``y_test`` likewise.
+    split : {"train", "test", "both"}, default "both"
+        Which part to return; ``"both"`` returns a :class:`Split` ``(train, test)``.
+    seed : int, default 0
+        Seeds the stratified split (not used when the file holds ``X_test``/``y_test``).
+    test_fraction : float, default 0.2
+        Share of each class held out for ``"test"`` (not used when the file holds
+        ``X_test``/``y_test``).
+    standardize : bool, "feature", "global", "none" or None, default None
+        Standardisation fitted on the training part and applied to both parts; ``True`` means
+        ``"feature"``; ``False``, ``None`` and ``"none"`` leave the data as given.
+
+    Returns
+    -------
+    LabeledData or Split
+        Named after the file's stem; ``meta`` records the path, the seed, the split and the
+        standardisation statistics.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` is not an existing file.
+    KeyError
+        The file has no array ``X`` or no array ``y``, or has ``X_test`` without ``y_test``.
+    ValueError
+        ``split`` is not ``"train"``, ``"test"`` or ``"both"``; ``standardize`` is not one of the
+        accepted values; ``X`` (``X_test``) has no rows or NaN/inf entries; ``y`` (``y_test``) is
+        not 1-D, holds non-integer values, or does not have one label per row of ``X``
+        (``X_test``); the train or test part of the split would be empty.
+    TypeError
+        ``X`` (``X_test``) does not hold real numbers; ``y`` (``y_test``) holds booleans,
+        complex numbers or non-numbers.
+
     Examples
     --------
     >>> import numpy as np, tempfile, os
@@ -358,6 +419,35 @@ def as_dataset(data: Any, name: str = "data") -> Dataset:
     a path to an ``.npz`` file (all of its ``X``/``y``), or any
     :class:`torch.utils.data.Dataset` (returned as is; its items must be ``(x, y)`` pairs
     for training).
+
+    Parameters
+    ----------
+    data : LabeledData, (X, y) pair, str, os.PathLike or Dataset
+        In a pair (tuple or list of two), ``X`` is a tensor or array of shape
+        ``(N, *input_shape)`` and ``y`` one of ``N`` integer class labels. A path must end in
+        ``.npz``; its arrays ``X`` and ``y`` are used as given (float64 ``X`` becomes float32).
+    name : str, default "data"
+        Name of the :class:`LabeledData` built from a pair, and of ``data`` in error messages
+        (data from a file is named after the file's stem).
+
+    Returns
+    -------
+    Dataset
+        ``data`` itself for a :class:`LabeledData` or a Dataset, otherwise a new
+        :class:`LabeledData` (float ``X``, int64 ``y``).
+
+    Raises
+    ------
+    TypeError
+        ``data`` is none of the accepted kinds; ``X`` does not hold real numbers, or ``y``
+        holds booleans, complex numbers or non-numbers.
+    ValueError
+        A path that does not end in ``.npz``; ``X`` with no rows or NaN/inf entries; ``y``
+        not 1-D, with non-integer values, or not one label per row of ``X``.
+    KeyError
+        The ``.npz`` file has no array ``X`` or no array ``y``.
+    FileNotFoundError
+        The ``.npz`` file does not exist (raised by :func:`numpy.load`).
 
     Examples
     --------

@@ -319,6 +319,33 @@ _BUILDERS = {"MLP": _mlp_graph, "CNN": _cnn_graph, "ResNet": _resnet_graph, "DGN
 def path_graph(model: nn.Module | PathGraph) -> PathGraph:
     """The channel graph of a supported model (see the module docstring).
 
+    Parameters
+    ----------
+    model : nn.Module or PathGraph
+        An ``MLP``, ``CNN``, ``ResNet``, ``DGN`` or ``DLGN`` of :mod:`sepmeasure.models`
+        (recognised by ``config["model"]``, possibly masked or linearizable), an
+        ``nn.Sequential`` of supported layers, or a :class:`PathGraph` (returned as is).
+
+    Returns
+    -------
+    PathGraph
+        Layers in topological order, from the input layer (``"input"``) to the output layer
+        (``"head"``; ``"value.head"`` for gated networks; for an ``nn.Sequential``, its last
+        linear, convolutional or activation layer).
+
+    Raises
+    ------
+    TypeError
+        An unsupported model; a model whose ``config["model"]`` names a supported family but
+        that lacks the documented module structure; an activation that is neither a known
+        element-wise activation nor a module with ``nonlinear_channels()``; a ``ResNet`` norm
+        that is not a batch norm; an ``nn.Sequential`` without a linear or convolutional
+        layer, or with another layer before the first one.
+    ValueError
+        An activation whose ``nonlinear_channels()`` gives another number of flags than the
+        layer's width; an ``nn.Sequential`` with a child named ``"input"`` (the name of the
+        graph's input layer).
+
     Examples
     --------
     >>> from sepmeasure.models import ResNet
@@ -517,8 +544,9 @@ def path_length_distribution(model: nn.Module | PathGraph, normalized: bool = Fa
     ----------
     model : nn.Module or PathGraph
         A supported model (see :func:`path_graph`) or a graph.
-    normalized : bool
-    method : {"dp", "enumeration"}
+    normalized : bool, default False
+        Distribution under the backward random walk instead of over all paths.
+    method : {"dp", "enumeration"}, default "dp"
         Dynamic programming over layers (default), or the reference that enumerates every
         path (tiny graphs only).
 
@@ -526,6 +554,16 @@ def path_length_distribution(model: nn.Module | PathGraph, normalized: bool = Fa
     -------
     PathLengthDistribution
         ``probabilities`` of shape ``(max length + 1,)``, summing to 1.
+
+    Raises
+    ------
+    ValueError
+        ``method`` is not ``"dp"`` or ``"enumeration"``; ``method="enumeration"`` on a graph
+        with more than 200,000 paths; a model that :func:`path_graph` refuses with a
+        ``ValueError``.
+    TypeError
+        ``normalized`` is not a bool (NumPy bools are accepted); a model that
+        :func:`path_graph` refuses with a ``TypeError``.
 
     Examples
     --------
@@ -569,11 +607,31 @@ def average_path_length(model: nn.Module | PathGraph, normalized: bool = False, 
     For a plain chain whose layer ``l`` has a share ``f_l`` of non-linear channels both are
     ``sum_l f_l``. Computed from :func:`path_length_distribution` (dynamic programming).
 
+    Parameters
+    ----------
+    model : nn.Module or PathGraph
+        A supported model (see :func:`path_graph`) or a graph.
+    normalized : bool, default False
+        Expected length under the backward random walk instead of the mean over all paths.
+    method : {"dp", "enumeration"}, default "dp"
+        Dynamic programming over layers, or the reference that enumerates every path (tiny
+        graphs only).
+
     Returns
     -------
     AveragePathLength
         ``value`` plus the spread, the longest length and the graph's size; ``float()`` gives
         the value.
+
+    Raises
+    ------
+    ValueError
+        ``method`` is not ``"dp"`` or ``"enumeration"``; ``method="enumeration"`` on a graph
+        with more than 200,000 paths; a model that :func:`path_graph` refuses with a
+        ``ValueError``.
+    TypeError
+        ``normalized`` is not a bool (NumPy bools are accepted); a model that
+        :func:`path_graph` refuses with a ``TypeError``.
 
     Examples
     --------

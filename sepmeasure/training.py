@@ -138,6 +138,36 @@ def evaluate(model: nn.Module, data: Any, batch_size: int = 1024, device: torch.
              loss_fn: Callable | None = None) -> dict[str, float]:
     """Mean loss and accuracy of ``model`` on ``data`` in eval mode (the mode is restored).
 
+    Parameters
+    ----------
+    model : nn.Module
+        Maps a batch of inputs to class logits ``(N, n_classes)``. It is not moved: its
+        parameters must be on ``device``.
+    data : data
+        Anything :func:`sepmeasure.data.as_dataset` accepts: :class:`LabeledData`, ``(X, y)``,
+        an ``.npz`` path, or a Dataset of ``(x, y)`` items.
+    batch_size : int, default 1024
+        Samples per forward pass.
+    device : device or str, optional
+        Where the batches are sent (default: the device of the model's parameters; cpu if it
+        has none).
+    loss_fn : callable, optional
+        ``loss_fn(logits, y, reduction="sum")``; cross-entropy by default.
+
+    Returns
+    -------
+    dict
+        ``"loss"``: the mean loss per sample; ``"accuracy"``: the share of samples whose
+        largest logit is the label's; ``"n"``: the number of samples.
+
+    Raises
+    ------
+    TypeError
+        ``data`` that :func:`sepmeasure.data.as_dataset` refuses with a ``TypeError`` (see
+        there); a Dataset whose items are not ``(x, y)`` pairs.
+    ValueError, KeyError, FileNotFoundError
+        ``data`` that :func:`sepmeasure.data.as_dataset` refuses (see there).
+
     Examples
     --------
     >>> from sepmeasure.models import MLP
@@ -187,17 +217,27 @@ def fit(model: nn.Module, train: Any, test: Any = None, *, epochs: int = 10, lr:
         Maps a batch of inputs to class logits ``(N, n_classes)``. Moved to ``device``.
     train, test : data
         Anything :func:`sepmeasure.data.as_dataset` accepts: :class:`LabeledData`, ``(X, y)``,
-        an ``.npz`` path, or a Dataset of ``(x, y)`` items.
-    epochs, lr, optimizer, batch_size, momentum, weight_decay
-        Optimisation settings (``optimizer`` is ``"sgd"`` or ``"adam"``; ``momentum`` is SGD's).
-    seed : int
-        Seeds Python, NumPy and torch before training and the shuffling generator.
-    callbacks : sequence of Callback
+        an ``.npz`` path, or a Dataset of ``(x, y)`` items. ``test`` is optional (default
+        None: the history has no ``"test"`` rows).
+    epochs : int, default 10
+        Passes over ``train``; ``>= 0`` (0: only the measurements before training).
+    lr : float, default 0.05
+        Learning rate, > 0.
+    optimizer : {"sgd", "adam"}, default "sgd"
+    batch_size : int, default 128
+        Training samples per optimiser step, ``>= 1``; the last batch of an epoch may be smaller.
+    momentum : float, default 0.9
+        SGD's momentum (not used by Adam).
+    weight_decay : float, default 0.0
+        L2 weight decay of the optimiser, ``>= 0``.
+    seed : int, default 0
+        Seeds Python, NumPy and torch before training and the shuffling generator; ``>= 0``.
+    callbacks : sequence of Callback, default ()
         Run at their chosen epochs/steps; their rows are in ``callback.table`` and in
         ``history.attrs["measurements"]``.
     device : device, optional
         Where to train (default: the model's device).
-    progress : bool
+    progress : bool, default True
         Progress bar over epochs (shown on a terminal or in a notebook, once training has
         taken more than a second).
     penalty : callable, optional
@@ -205,6 +245,9 @@ def fit(model: nn.Module, train: Any, test: Any = None, *, epochs: int = 10, lr:
         sparsity prior).
     loss_fn : callable, optional
         ``loss_fn(logits, y, reduction=...)``; cross-entropy by default.
+    eval_batch_size : int, default 1024
+        Samples per forward pass of the full-pass evaluations after each epoch (see
+        :func:`evaluate`).
 
     Returns
     -------
@@ -213,6 +256,25 @@ def fit(model: nn.Module, train: Any, test: Any = None, *, epochs: int = 10, lr:
         the full-pass loss and accuracy (eval mode) on ``"train"`` and ``"test"``; ``seconds``
         is the training time elapsed. ``attrs`` holds ``config``, ``environment`` (library
         versions, git commit, device) and ``measurements`` (a DataFrame).
+
+    Raises
+    ------
+    TypeError
+        ``model`` is not an ``nn.Module``; ``epochs``, ``batch_size`` or ``seed`` is not an int
+        (bools are refused); ``progress`` is not a bool; ``lr`` or ``weight_decay`` is not a
+        real number; an entry of ``callbacks`` is not a :class:`Callback`; a Dataset whose items
+        are not ``(x, y)`` pairs; ``train`` or ``test`` that :func:`sepmeasure.data.as_dataset`
+        refuses with a ``TypeError``.
+    ValueError
+        ``epochs < 0``, ``batch_size < 1`` or ``seed < 0``; ``lr`` is not a finite number > 0;
+        ``weight_decay`` is negative or not finite; ``optimizer`` is not ``"sgd"`` or
+        ``"adam"``; ``model`` has no parameter with ``requires_grad=True``; ``train`` or
+        ``test`` that :func:`sepmeasure.data.as_dataset` refuses with a ``ValueError``.
+    KeyError, FileNotFoundError
+        An ``.npz`` path given as ``train`` or ``test`` that :func:`sepmeasure.data.as_dataset`
+        refuses (see there).
+    FloatingPointError
+        Training diverged: the loss (penalty included) is NaN or infinite at some step.
 
     Examples
     --------

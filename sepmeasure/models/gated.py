@@ -450,13 +450,25 @@ def effective_halfspaces(model: DLGN, input_shape: Sequence[int] | None = None) 
     Parameters
     ----------
     model : DLGN
+        A deep linearly gated network (``arch="mlp"`` or ``"cnn"``); a :class:`DGN` is refused.
     input_shape : sequence of int, optional
         Required for ``arch="cnn"``: the shape of one input sample with its channel axis,
-        e.g. ``(1, 40)``; the map depends on the length.
+        e.g. ``(1, 40)``; the map depends on the length. Ignored for ``arch="mlp"``.
 
     Returns
     -------
     EffectiveHalfSpaces
+        One normal and one offset per gated layer (see its attributes for the shapes);
+        ``method`` is ``"weight_products"`` (MLP) or ``"basis_images"`` (CNN).
+
+    Raises
+    ------
+    TypeError
+        ``model`` is not a :class:`DLGN`; an entry of ``input_shape`` is not an int
+        (``arch="cnn"``).
+    ValueError
+        ``arch="cnn"`` and ``input_shape`` is None, has an entry < 1, or is not
+        ``(in_channels, L)`` (``dim=1``) / ``(in_channels, H, W)`` (``dim=2``).
 
     Examples
     --------

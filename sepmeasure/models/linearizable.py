@@ -158,6 +158,25 @@ class SparsityPrior:
 def snap_linear(model: nn.Module, tolerance: float = 1e-2) -> int:
     """Freeze at exactly ``alpha = 1`` every channel within ``tolerance`` of 1; return how many were new.
 
+    Parameters
+    ----------
+    model : nn.Module
+        A model with :class:`LinearizablePReLU` activations (see :func:`make_linearizable`).
+    tolerance : float, default 1e-2
+        Channels with ``|1 - alpha| <= tolerance`` are frozen; ``>= 0``.
+
+    Returns
+    -------
+    int
+        How many channels were frozen by this call (channels frozen before are not counted).
+
+    Raises
+    ------
+    TypeError
+        ``tolerance`` is not a real number.
+    ValueError
+        ``tolerance`` is negative or not finite; ``model`` holds no :class:`LinearizablePReLU`.
+
     Examples
     --------
     >>> from sepmeasure.models import MLP
@@ -174,11 +193,21 @@ def snap_linear(model: nn.Module, tolerance: float = 1e-2) -> int:
 def nonlinear_fraction(model: nn.Module) -> pd.DataFrame:
     """Per linearizable layer: how many channels are non-linear (``alpha != 1``).
 
+    Parameters
+    ----------
+    model : nn.Module
+        A model with :class:`LinearizablePReLU` activations (see :func:`make_linearizable`).
+
     Returns
     -------
     pandas.DataFrame
         One row per :class:`LinearizablePReLU`: ``layer, channels, nonlinear_channels,
         frozen_channels, nonlinear_fraction``.
+
+    Raises
+    ------
+    ValueError
+        ``model`` holds no :class:`LinearizablePReLU`.
 
     Examples
     --------
@@ -223,11 +252,29 @@ def make_linearizable(model: nn.Module, layers: str | Iterable[str] | None = Non
     ----------
     model : MLP, CNN or ResNet
     layers : str or iterable of str, optional
-        Activation modules to convert (default: all).
+        Activation modules to convert (default: all), e.g. ``"layers.0.act"``.
     init : float, optional
         Start every converted channel at this slope instead of matching the old activation.
-    inplace : bool
+    inplace : bool, default False
         Modify ``model`` itself instead of a deep copy.
+
+    Returns
+    -------
+    nn.Module
+        The converted model (same class; ``config["linearizable"]`` lists the converted layers);
+        the new activations take the device and dtype of the model's parameters.
+
+    Raises
+    ------
+    TypeError
+        ``init`` is neither None nor a finite real number; ``model`` is not a
+        :class:`~sepmeasure.models.MLP`, :class:`~sepmeasure.models.CNN` or
+        :class:`~sepmeasure.models.ResNet`.
+    ValueError
+        An entry of ``layers`` is not the name of one of the model's activations (the message
+        lists the valid names); a selected activation is already a :class:`LinearizablePReLU`;
+        without ``init``, a selected activation is not ReLU, LeakyReLU, PReLU or Identity
+        (e.g. GELU, Tanh or a :class:`~sepmeasure.models.LinearityMask`).
 
     Examples
     --------

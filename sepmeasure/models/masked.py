@@ -214,8 +214,12 @@ def apply_masks(model: nn.Module, layers: str | Iterable[str] | None = None, *, 
     layers : str or iterable of str, optional
         Activation modules to wrap (e.g. ``"layers.0.act"``); all of them by default. Naming a
         layer without an activation (``"head"``, ``"layers.0.linear"``) is an error.
-    init_logit, hard : see :class:`LinearityMask`.
-    inplace : bool
+    init_logit : float, default 1.0
+        Initial logit of every mask (> 0: all units start non-linear); see :class:`LinearityMask`.
+    hard : bool, default True
+        Binary masks trained with a straight-through estimator; ``False``: soft masks
+        ``sigmoid(logit)`` (such a model cannot be folded). See :class:`LinearityMask`.
+    inplace : bool, default False
         Modify ``model`` itself instead of a deep copy.
 
     Returns
@@ -223,6 +227,16 @@ def apply_masks(model: nn.Module, layers: str | Iterable[str] | None = None, *, 
     nn.Module
         The masked model (same class, ``config["masked"]`` lists the wrapped layers); the mask of
         layer ``name`` is the module ``name`` and the original activation ``name + ".activation"``.
+
+    Raises
+    ------
+    TypeError
+        ``model`` is not a :class:`~sepmeasure.models.MLP`, :class:`~sepmeasure.models.CNN` or
+        :class:`~sepmeasure.models.ResNet`; ``init_logit`` is not a finite real number (``inf``
+        and ``nan`` included).
+    ValueError
+        An entry of ``layers`` is not the name of one of the model's activations (the message
+        lists the valid names); a selected activation is already masked.
 
     Examples
     --------
@@ -251,12 +265,22 @@ def apply_masks(model: nn.Module, layers: str | Iterable[str] | None = None, *, 
 def linear_fraction(model: nn.Module) -> pd.DataFrame:
     """Per masked layer: how many units are linear (mask exactly 0 in the forward pass).
 
+    Parameters
+    ----------
+    model : nn.Module
+        A model with :class:`LinearityMask` modules (see :func:`apply_masks`).
+
     Returns
     -------
     pandas.DataFrame
         One row per :class:`LinearityMask`: ``layer, units, linear_units, linear_fraction, mask``
         (``"hard"`` or ``"soft"``; soft masks are never exactly 0, so their units count as
         non-linear).
+
+    Raises
+    ------
+    ValueError
+        ``model`` holds no :class:`LinearityMask`.
 
     Examples
     --------
@@ -640,7 +664,8 @@ def fold(model: nn.Module, input_shape: Sequence[int] | None = None) -> FoldedML
         without a mask count as fully non-linear.
     input_shape : sequence of int, optional
         Shape of one input sample, for counting multiply-adds (default for an MLP:
-        ``(in_features,)``; for a CNN, MACs are reported only when it is given).
+        ``(in_features,)``; for a CNN, MACs are reported only when it is given), e.g.
+        ``(1, 40)`` for a 1-D CNN.
 
     Returns
     -------
@@ -648,6 +673,16 @@ def fold(model: nn.Module, input_shape: Sequence[int] | None = None) -> FoldedML
         Computes the same outputs (float32: within 1e-5; float64: within 1e-10); its
         ``.report`` is a :class:`FoldReport` with parameter and multiply-add counts
         before and after.
+
+    Raises
+    ------
+    TypeError
+        ``model`` is not an :class:`~sepmeasure.models.MLP` or :class:`~sepmeasure.models.CNN`
+        (e.g. a ``ResNet`` or a gated network); an entry of ``input_shape`` is not an int; an
+        activation applied to kept (non-linear) units has parameters other than the per-channel
+        slopes of ``nn.PReLU`` (e.g. a :class:`~sepmeasure.models.LinearizablePReLU`).
+    ValueError
+        An entry of ``input_shape`` is < 1; a :class:`LinearityMask` is soft (``hard=False``).
 
     Examples
     --------

@@ -32,6 +32,24 @@ def make_activation(name: str, channels: int | None = None) -> nn.Module:
     ``"prelu"`` gets one slope per channel when ``channels`` is given (one shared slope otherwise);
     ``"identity"`` is :class:`torch.nn.Identity`.
 
+    Parameters
+    ----------
+    name : str
+        One of ``ACTIVATIONS``.
+    channels : int, optional
+        Number of slopes of ``"prelu"`` (one per channel); ``None`` (or 0) gives one shared
+        slope. Ignored by the other activations.
+
+    Returns
+    -------
+    nn.Module
+        A new module with torch's default settings (``nn.PReLU`` starts at slope 0.25).
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not one of ``ACTIVATIONS`` (the message calls it ``activation``).
+
     Examples
     --------
     >>> make_activation("leaky_relu")
