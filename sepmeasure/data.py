@@ -292,9 +292,14 @@ def load_dataset(name: str, split: str = "train", seed: int = 0, *, size: int | 
         size = check_int(size, "size", minimum=4)
     if noise is not None:
         check_positive(noise, "noise", strict=False)
-    if not 0 < test_fraction < 1:
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float, np.floating)) \
+            or not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction: expected a number in (0, 1), got {test_fraction!r}")
     if str(name).endswith(".npz"):
+        ignored = {k: v for k, v in (("size", size), ("noise", noise), *options.items()) if v is not None}
+        if ignored:
+            raise ValueError(f"name: {str(name)!r} is an .npz file, which takes none of the generator options; "
+                             f"got {sorted(ignored)}")
         # user data is taken as given unless a standardisation is named explicitly
         return load_npz(name, split=split, seed=seed, test_fraction=test_fraction,
                         standardize=None if standardize is True else standardize)
@@ -400,11 +405,17 @@ def load_npz(path: str | os.PathLike, split: str = "both", seed: int = 0, *, tes
     how = None if standardize in (None, False) else ("feature" if standardize is True else standardize)
     check_choice(how, "standardize", (None, "none", "feature", "global"))
     meta = {"dataset": str(p), "seed": seed}
+    if "y_test" in arrays and "X_test" not in arrays:
+        raise KeyError(f"path: {str(p)!r} has 'y_test' but no 'X_test'")
     if "X_test" in arrays:
         if "y_test" not in arrays:
             raise KeyError(f"path: {str(p)!r} has 'X_test' but no 'y_test'")
         Xte = check_features(arrays["X_test"], f"{name}.npz['X_test']", ndim=None).numpy().astype(np.float32)
-        yte = check_labels(arrays["y_test"], f"{name}.npz['y_test']", n=Xte.shape[0]).numpy()
+        if Xte.shape[1:] != X.shape[1:]:
+            raise ValueError(f"path: expected {name}.npz['X_test'] with the sample shape of 'X' {list(X.shape[1:])}, "
+                             f"got {list(Xte.shape[1:])}")
+        yte = check_labels(arrays["y_test"], f"{name}.npz['y_test']", n=Xte.shape[0],
+                           n_name=f"{name}.npz['X_test']").numpy()
         Xtr, Xte, stats = _standardize(X, Xte, how)
         train = LabeledData(torch.from_numpy(Xtr), torch.from_numpy(y), name, {**meta, **stats, "split": "train"})
         test = LabeledData(torch.from_numpy(Xte), torch.from_numpy(yte), name, {**meta, **stats, "split": "test"})

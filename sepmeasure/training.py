@@ -110,7 +110,7 @@ class Callback:
 
 
 def _batches(data: Dataset, batch_size: int, shuffle: bool, generator: torch.Generator,
-             device: torch.device) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+             device: torch.device, name: str = "train") -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     """Mini-batches; tensor-backed data is sliced directly (much faster than a DataLoader)."""
     if isinstance(data, LabeledData):
         n = len(data)
@@ -129,7 +129,7 @@ def _batches(data: Dataset, batch_size: int, shuffle: bool, generator: torch.Gen
     loader = DataLoader(data, batch_size=batch_size, sampler=order.tolist())
     for batch in loader:
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-            raise TypeError(f"train: expected dataset items (x, y), got a batch of type {type(batch).__name__}")
+            raise TypeError(f"{name}: expected dataset items (x, y), got a batch of type {type(batch).__name__}")
         yield batch[0].to(device), batch[1].to(device)
 
 
@@ -176,14 +176,23 @@ def evaluate(model: nn.Module, data: Any, batch_size: int = 1024, device: torch.
     >>> sorted(r)
     ['accuracy', 'loss', 'n']
     """
-    data = as_dataset(data, "data")
+    return _evaluate(model, data, batch_size, device, loss_fn, "data")
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, data: Any, batch_size: int, device: torch.device | str | None,
+              loss_fn: Callable | None, name: str) -> dict[str, float]:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {describe(model)}")
+    data = as_dataset(data, name)
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
     device = torch.device(device) if device is not None else _model_device(model)
     loss_fn = loss_fn or nn.functional.cross_entropy
     was_training = model.training
     model.eval()
     total, correct, loss_sum = 0, 0, 0.0
     try:
-        for xb, yb in _batches(data, batch_size, False, torch.Generator(), device):
+        for xb, yb in _batches(data, batch_size, False, torch.Generator(), device, name):
             out = model(xb)
             loss_sum += float(loss_fn(out, yb, reduction="sum"))
             correct += int((out.argmax(dim=1) == yb).sum())
@@ -295,7 +304,16 @@ def fit(model: nn.Module, train: Any, test: Any = None, *, epochs: int = 10, lr:
     check_choice(optimizer, "optimizer", ("sgd", "adam"))
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     seed = check_int(seed, "seed", minimum=0)
+    eval_batch_size = check_int(eval_batch_size, "eval_batch_size", minimum=1)
     check_positive(weight_decay, "weight_decay", strict=False)
+    check_positive(momentum, "momentum", strict=False)
+    if penalty is not None and not callable(penalty):
+        raise TypeError(f"penalty: expected a callable penalty(model) -> scalar tensor, got {describe(penalty)}")
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn: expected a callable loss_fn(logits, y, reduction=...), got {describe(loss_fn)}")
+    if isinstance(callbacks, Callback) or not isinstance(callbacks, Iterable):
+        raise TypeError(f"callbacks: expected a list of sepmeasure.training.Callback, got {describe(callbacks)}")
+    callbacks = list(callbacks)
     for i, cb in enumerate(callbacks):
         if not isinstance(cb, Callback):
             raise TypeError(f"callbacks[{i}]: expected a sepmeasure.training.Callback, got {describe(cb)}")
@@ -321,7 +339,7 @@ def fit(model: nn.Module, train: Any, test: Any = None, *, epochs: int = 10, lr:
         for split, data in (("train", train), ("test", test)):
             if data is None:
                 continue
-            r = evaluate(model, data, eval_batch_size, device, loss_fn)
+            r = _evaluate(model, data, eval_batch_size, device, loss_fn, split)
             state.history.append({"epoch": state.epoch, "step": state.step, "split": split, "loss": r["loss"],
                                   "accuracy": r["accuracy"], "seconds": elapsed})
         for cb in callbacks:

@@ -153,6 +153,7 @@ def test_array_and_dataset_adapters():
         (lambda: load_dataset("xor", seed=-1), ValueError, r"seed: expected an int >= 0"),
         (lambda: load_dataset("xor", noise=-0.1), ValueError, r"noise: expected a finite number >= 0"),
         (lambda: load_dataset("xor", test_fraction=1.5), ValueError, r"test_fraction"),
+        (lambda: load_dataset("xor", test_fraction="a"), ValueError, r"test_fraction: expected a number in \(0, 1\)"),
         (lambda: load_dataset("xor", turns=3), TypeError, r"options: .*turns"),
         (lambda: as_dataset((np.zeros((5, 2)), np.zeros(4))), ValueError, r"data\[1\] \(y\): expected 5 labels"),
         (lambda: as_dataset((np.full((3, 2), np.nan), np.zeros(3))), ValueError, r"data\[0\] \(X\): expected finite"),
@@ -178,3 +179,25 @@ def test_subset_takes_index_tensors_from_any_device(device):
             assert got.X.device == source.X.device and got.y.device == source.y.device
             assert torch.equal(got.X.cpu(), ref.X) and torch.equal(got.y.cpu(), ref.y)
     assert torch.equal(data.subset(slice(1, 3)).y, data.y[1:3])
+
+
+def test_npz_checks_test_arrays_and_refuses_generator_options(tmp_path):
+    X, y = np.random.default_rng(0).normal(size=(20, 3)), np.arange(20) % 2
+    path = tmp_path / "d.npz"
+    np.savez(path, X=X, y=y)
+    with pytest.raises(ValueError, match=r"name: .*d\.npz.* takes none of the generator options; got \['size'\]"):
+        load_dataset(str(path), size=10)
+    with pytest.raises(ValueError, match=r"got \['noise', 'turns'\]"):
+        load_dataset(str(path), noise=0.1, turns=2)
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, X=X, y=y, X_test=X[:5, :2], y_test=y[:5])
+    with pytest.raises(ValueError, match=r"X_test'\] with the sample shape of 'X' \[3\], got \[2\]"):
+        load_npz(bad)
+    lone = tmp_path / "lone.npz"
+    np.savez(lone, X=X, y=y, y_test=y[:5])
+    with pytest.raises(KeyError, match="has 'y_test' but no 'X_test'"):
+        load_npz(lone)
+    short = tmp_path / "short.npz"
+    np.savez(short, X=X, y=y, X_test=X[:5], y_test=y[:4])
+    with pytest.raises(ValueError, match=r"y_test'\].*X_test'\]"):
+        load_npz(short)

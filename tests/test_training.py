@@ -175,6 +175,11 @@ def test_divergence_is_reported(moons):
         ({"optimizer": "rmsprop"}, ValueError, r"optimizer: expected one of 'sgd', 'adam'"),
         ({"batch_size": 0}, ValueError, r"batch_size: expected an int >= 1"),
         ({"callbacks": [lambda s: None]}, TypeError, r"callbacks\[0\]: expected a sepmeasure.training.Callback"),
+        ({"callbacks": 3}, TypeError, r"callbacks: expected a list of sepmeasure.training.Callback"),
+        ({"eval_batch_size": 0}, ValueError, r"eval_batch_size: expected an int >= 1"),
+        ({"momentum": -1.0}, ValueError, r"momentum: expected a finite number >= 0"),
+        ({"penalty": 1.0}, TypeError, r"penalty: expected a callable"),
+        ({"loss_fn": "cross_entropy"}, TypeError, r"loss_fn: expected a callable"),
     ],
 )
 def test_bad_arguments_are_named(moons, kwargs, exc, pattern):
@@ -187,3 +192,34 @@ def test_bad_model_and_data():
         fit("mlp", (torch.zeros(4, 2), torch.zeros(4)))
     with pytest.raises(ValueError, match=r"train\[1\] \(y\): expected 4 labels"):
         fit(MLP(2, [4], 2), (torch.zeros(4, 2), torch.zeros(3)))
+
+
+def test_evaluate_checks_its_arguments_and_runs_without_grad(moons):
+    model = MLP(2, [4], 2)
+    with pytest.raises(ValueError, match=r"batch_size: expected an int >= 1"):
+        evaluate(model, moons.train, batch_size=-1)
+    with pytest.raises(TypeError, match=r"model: expected an nn.Module"):
+        evaluate("mlp", moons.train)
+    grad_during_eval = []
+
+    def loss_fn(out, y, reduction="mean"):
+        if reduction == "sum":   # the evaluations of fit's history
+            grad_during_eval.append(torch.is_grad_enabled())
+        return torch.nn.functional.cross_entropy(out, y, reduction=reduction)
+
+    fit(model, moons.train, moons.test, epochs=1, loss_fn=loss_fn, progress=False)
+    assert grad_during_eval and not any(grad_during_eval)
+
+
+def test_dataset_items_error_names_the_argument():
+    class Bad(torch.utils.data.Dataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return torch.zeros(2)
+
+    with pytest.raises(TypeError, match=r"^data: expected dataset items \(x, y\)"):
+        evaluate(MLP(2, [4], 2), Bad())
+    with pytest.raises(TypeError, match=r"^test: expected dataset items \(x, y\)"):
+        fit(MLP(2, [4], 2), load_dataset("xor", size=20), Bad(), epochs=1, progress=False)
