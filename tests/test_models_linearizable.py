@@ -239,3 +239,12 @@ def test_linearizable_cnn_trains_on_mnist1d(mnist1d, device):
                   device=device)
     assert history[history.split == "test"].accuracy.iloc[-1] >= 0.3
     assert math.isfinite(float(prior(m).detach()))
+
+
+def test_non_models_and_non_iterable_layers_are_named():
+    with pytest.raises(TypeError, match="model: expected an nn.Module"):
+        nonlinear_fraction(42)
+    with pytest.raises(TypeError, match="model: expected an nn.Module"):
+        snap_linear(42)
+    with pytest.raises(TypeError, match="layers: expected an activation's name or an iterable of names"):
+        make_linearizable(MLP(4, [3], 2), layers=3)

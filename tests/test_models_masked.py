@@ -279,3 +279,10 @@ def test_masked_cnn_trains_on_mnist1d(mnist1d, device):
     history = fit(net, mnist1d.train, mnist1d.test, epochs=15, optimizer="adam", lr=1e-2, batch_size=64,
                   penalty=MaskPenalty(0.01), progress=False, device=device)
     assert history[history.split == "test"].accuracy.iloc[-1] >= 0.3
+
+
+def test_non_models_and_non_iterable_layers_are_named():
+    with pytest.raises(TypeError, match="model: expected an nn.Module"):
+        linear_fraction("mlp")
+    with pytest.raises(TypeError, match="layers: expected an activation's name or an iterable of names, got"):
+        apply_masks(MLP(4, [3], 2), layers=3)

@@ -98,6 +98,8 @@ class LinearizablePReLU(nn.Module):
 
 
 def _units(model: nn.Module) -> list[tuple[str, LinearizablePReLU]]:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {describe(model)}")
     units = [(n, m) for n, m in model.named_modules() if isinstance(m, LinearizablePReLU)]
     if not units:
         raise ValueError(f"model: expected a model with LinearizablePReLU activations (see make_linearizable), "

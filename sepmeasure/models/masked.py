@@ -63,6 +63,8 @@ def resolve_sites(model: nn.Module, layers: str | Iterable[str] | None, name: st
     sites = activation_sites(model)
     if layers is None:
         return sites
+    if not isinstance(layers, (str, Iterable)):
+        raise TypeError(f"{name}: expected an activation's name or an iterable of names, got {describe(layers)}")
     wanted = [layers] if isinstance(layers, str) else list(layers)
     by_name = dict(sites)
     modules = dict(model.named_modules())
@@ -174,6 +176,8 @@ class LinearityMask(nn.Module):
 
 
 def _masks(model: nn.Module) -> list[tuple[str, LinearityMask]]:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {describe(model)}")
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LinearityMask)]
 
 
