@@ -161,6 +161,19 @@ _FRAME_COLUMNS = ("claim", "group", "kind", "paper", "statement", "measured", "e
 def claims_frame(results: Sequence[ClaimResult]) -> pd.DataFrame:
     """All results in one tidy table (the overall row of each claim, then its groups).
 
+    Parameters
+    ----------
+    results : sequence of ClaimResult
+        Results of :meth:`Claim.evaluate`, in the order their rows should appear.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The rows of :meth:`ClaimResult.to_frame` of every result, one after the other; with no
+        results, an empty table with the same columns (``claim``, ``group``, ``kind``, ``paper``,
+        ``statement``, ``measured``, ``effect``, ``lower``, ``upper``, ``spread``, ``confidence``,
+        ``n_seeds``, ``verdict``, ``reason``, ``rule``, ``caveat``, ``per_seed``, ``details``).
+
     Examples
     --------
     >>> claims_frame([]).columns[:3].tolist()
@@ -196,11 +209,11 @@ def bootstrap_interval(values: Sequence[float], *, n_boot: int = 2000, confidenc
     ----------
     values : sequence of float
         One number per seed.
-    n_boot : int
+    n_boot : int, default 2000
         Bootstrap resamples.
-    confidence : float
+    confidence : float, default 0.95
         Level of the two-sided interval, e.g. 0.95.
-    random_state : int
+    random_state : int, default 0
         Seed of the resampling, so a verdict is reproducible.
 
     Returns
@@ -245,12 +258,17 @@ def decide(lower: float, upper: float, n_seeds: int, *, direction: str, bound: f
     partial : float, optional
         A weaker bound on the same side: clearing it but not ``bound`` gives
         ``partly supported``.
-    min_seeds : int
+    min_seeds : int, default 2
         Fewer seeds give ``inconclusive``.
 
     Returns
     -------
     (verdict, reason) : tuple of str
+
+    Raises
+    ------
+    ValueError
+        ``direction`` is not ``"above"`` or ``"below"``.
 
     Examples
     --------
@@ -284,6 +302,16 @@ def decide(lower: float, upper: float, n_seeds: int, *, direction: str, bound: f
 def combine_verdicts(verdicts: Sequence[str]) -> str:
     """Combine per-group verdicts: all supported -> supported; all not supported -> not supported;
     any supported or partly supported -> partly supported; otherwise inconclusive.
+
+    Parameters
+    ----------
+    verdicts : sequence of str
+        Verdicts of the groups, each one of :data:`VERDICTS`.
+
+    Returns
+    -------
+    str
+        The combined verdict; ``"inconclusive"`` for no groups.
 
     Examples
     --------
@@ -490,6 +518,15 @@ class Claim:
         Returns
         -------
         ClaimResult
+
+        Raises
+        ------
+        TypeError
+            ``table`` is not a pandas DataFrame.
+        ValueError
+            ``table`` lacks the seed column or a column the claim reads (its own, ``by``,
+            ``within``); ``where`` filters on a column the table lacks, or its filter function does
+            not return one boolean per row.
         """
         if not isinstance(table, pd.DataFrame):
             raise TypeError(f"table: expected a pandas DataFrame for claim '{self.name}', got {describe(table)}")
@@ -746,6 +783,14 @@ def sign_agreement(da: np.ndarray, db: np.ndarray, tol: float = 0.0) -> tuple[fl
     Intervals where either change is within ``tol`` of zero are dropped. The chance level is
     the exact mean agreement over all re-pairings of the intervals (a permutation baseline):
     ``(n_a+ n_b+ + n_a- n_b-) / n**2``.
+
+    Parameters
+    ----------
+    da, db : array of shape (T,)
+        Changes of the two measures over the same ``T`` intervals (anything ``numpy.asarray``
+        turns into floats); intervals where either is NaN/inf are dropped too.
+    tol : float, default 0.0
+        Changes with ``|change| <= tol`` count as no change.
 
     Returns
     -------

@@ -154,7 +154,9 @@ def render_figure(spec: FigureSpec, table: pd.DataFrame) -> bytes:
     Parameters
     ----------
     spec : FigureSpec
+        What to draw.
     table : pandas.DataFrame
+        The table named by ``spec.table`` (filtered by ``spec.where`` here).
 
     Returns
     -------
@@ -163,8 +165,11 @@ def render_figure(spec: FigureSpec, table: pd.DataFrame) -> bytes:
 
     Raises
     ------
+    TypeError
+        ``spec`` is not a :class:`FigureSpec` or ``table`` not a pandas DataFrame.
     ValueError
-        When a column the figure needs is missing, or no row is left after ``where``.
+        When a column the figure needs is missing, ``where`` names a column the table lacks, or
+        no row is left after ``where``.
 
     Examples
     --------
@@ -238,7 +243,18 @@ def _heatmap(*, data: pd.DataFrame, x: str, y: str, value: str, sns, **_: Any) -
 
 
 def find_studies(out_dir: str | os.PathLike) -> list[Path]:
-    """Study folders under ``out_dir`` (those with a ``study.json``), sorted by name."""
+    """Study folders under ``out_dir`` (those with a ``study.json``), sorted by name.
+
+    Parameters
+    ----------
+    out_dir : path
+        The output folder of ``sepmeasure study``; a missing folder holds no studies.
+
+    Returns
+    -------
+    list of Path
+        The folders ``out_dir/<study>`` that hold a ``study.json``.
+    """
     root = Path(out_dir)
     return sorted(p.parent for p in root.glob("*/study.json"))
 
@@ -370,13 +386,27 @@ def write_study_report(study_dir: str | os.PathLike, *, index: bool = True) -> d
     ----------
     study_dir : path
         ``<out>/<study name>``, as written by :meth:`sepmeasure.study.Study.run`.
-    index : bool
+    index : bool, default True
         Also (re)write the index of the parent folder, so the report's link back resolves.
 
     Returns
     -------
     dict
         ``{"html": path, "markdown": path, "figures": [paths]}``.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``study_dir`` holds no ``study.json``.
+    ValueError
+        The ``study.json`` of ``study_dir`` (or, with ``index``, of another study in its parent
+        folder) is not valid JSON.
+
+    Warns
+    -----
+    UserWarning
+        A figure that cannot be drawn (a missing table or column, no rows left); the report
+        says so in its place.
 
     Examples
     --------
@@ -580,10 +610,21 @@ def _study_html(meta, tables, claims, figures) -> str:
 def write_index(out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write ``index.md`` and ``index.html`` listing every study under ``out_dir`` with its verdicts.
 
+    Parameters
+    ----------
+    out_dir : path
+        The output folder of ``sepmeasure study`` (created if missing; the index then lists no
+        study).
+
     Returns
     -------
     dict
         ``{"html": path, "markdown": path}``.
+
+    Raises
+    ------
+    ValueError
+        The ``study.json`` of a study under ``out_dir`` is not valid JSON.
     """
     root = Path(out_dir)
     studies = find_studies(root)
@@ -648,10 +689,19 @@ def write_report(out_dir: str | os.PathLike = "reports") -> dict[str, Any]:
 
     Raises
     ------
+    TypeError
+        ``out_dir`` is not a path (a string or ``os.PathLike``).
     FileNotFoundError
         When ``out_dir`` does not exist or holds no study results.
     NotADirectoryError
         When ``out_dir`` is a file.
+    ValueError
+        The ``study.json`` of a study under ``out_dir`` is not valid JSON.
+
+    Warns
+    -----
+    UserWarning
+        A figure that cannot be drawn (see :func:`write_study_report`).
 
     Examples
     --------

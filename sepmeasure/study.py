@@ -138,6 +138,27 @@ def expand_grid(spec: Mapping[str, Any] | Sequence[Mapping[str, Any]], name: str
     is a constant (write a constant sequence as a tuple: ``"classes": (0, 1, 2)``). A list of
     dicts is taken as it is (each dict may itself be a product).
 
+    Parameters
+    ----------
+    spec : dict or list of dicts
+        ``{factor name: value or list of values}``, or a list of such dicts.
+    name : str, default "grid"
+        Argument name used in error messages.
+
+    Returns
+    -------
+    list of dict
+        One dict per configuration, factors in the order of ``spec`` (the last factor varies
+        fastest); the configurations of a list of dicts one after the other.
+
+    Raises
+    ------
+    TypeError
+        ``spec`` is neither a dict nor a list (or other sequence) of dicts; a factor name is not a
+        string.
+    ValueError
+        A factor has an empty list of values.
+
     Examples
     --------
     >>> expand_grid({"width": [8, 16], "depth": [1, 2], "epochs": 3})[:2]
@@ -189,6 +210,24 @@ def _canonical(obj: Any) -> str:
 
 def config_hash(study: str, config: Mapping[str, Any]) -> str:
     """Stable key of one configuration: SHA-256 of the sorted JSON of study name and configuration.
+
+    Parameters
+    ----------
+    study : str
+        The study's name.
+    config : dict
+        The configuration (its seed included). NumPy scalars and arrays, tensors, sets, paths,
+        dates and timestamps are turned into JSON values first.
+
+    Returns
+    -------
+    str
+        The first 20 hexadecimal digits of the hash.
+
+    Raises
+    ------
+    TypeError
+        ``config`` is not a dict, or a value of it (or ``study``) cannot be turned into JSON.
 
     Examples
     --------
@@ -465,8 +504,27 @@ def make_executor(kind: str = "local", *, scheduler: str | None = None, workers:
         Dask scheduler address; only with ``kind="dask"``.
     workers : int, optional
         Pool size (processes) or local-cluster size (dask without ``scheduler``).
-    connect_timeout : float
+    connect_timeout : float, default 5.0
         Seconds to wait for the Dask scheduler before giving up with a hint.
+
+    Returns
+    -------
+    LocalExecutor
+        A ``LocalExecutor``, ``ProcessExecutor`` or ``DaskExecutor`` (its ``kind`` is ``kind``).
+
+    Raises
+    ------
+    ValueError
+        ``kind`` is not one of ``"local"``, ``"processes"``, ``"dask"`` (the message names it
+        ``executor``); ``workers`` < 1; ``scheduler`` is given with a ``kind`` other than ``"dask"``.
+    TypeError
+        ``workers`` is not an int (bools are refused); with ``kind="dask"``, ``scheduler`` is not a
+        non-empty string.
+    SchedulerUnreachableError
+        ``kind="dask"`` and ``scheduler`` is not an address like ``tcp://host:8786``, does not
+        accept connections within ``connect_timeout`` or no Dask client can be made for it.
+    StudyError
+        ``kind="dask"`` and the ``distributed`` package is not installed.
 
     Examples
     --------
@@ -577,6 +635,27 @@ def _has_pyarrow() -> bool:
 
 def write_tables(tables: Mapping[str, pd.DataFrame], folder: str | os.PathLike) -> list[Path]:
     """Write each table to ``folder/<name>.csv`` (and ``.parquet`` when pyarrow is importable), atomically.
+
+    A table that pyarrow cannot store is written as CSV only, with a warning.
+
+    Parameters
+    ----------
+    tables : dict of str to pandas.DataFrame
+        The tables by name (letters, digits, ``_``, ``-``, ``.``; starting with a letter or digit).
+    folder : path
+        Where to write; created if missing.
+
+    Returns
+    -------
+    list of Path
+        The files written, in order.
+
+    Raises
+    ------
+    ValueError
+        A table name is not a string of the characters above.
+    TypeError
+        A table is not a pandas DataFrame.
 
     Examples
     --------
@@ -769,6 +848,26 @@ class Study:
     def configurations(self, mode: str = "quick", seeds: int | Sequence[int] | None = None) -> list[dict[str, Any]]:
         """Every configuration of ``mode``, once per seed (seed last, as ``config["seed"]``).
 
+        Parameters
+        ----------
+        mode : {"quick", "full"}, default "quick"
+            Which grid.
+        seeds : int or list of int, optional
+            Number of seeds (``0..n-1``) or the seeds themselves; default ``self.seeds[mode]``.
+
+        Returns
+        -------
+        list of dict
+            The grid's configurations in order, each repeated for every seed.
+
+        Raises
+        ------
+        ValueError
+            ``mode`` is not ``"quick"`` or ``"full"``; ``seeds`` is an int < 1, or a list with a
+            negative or repeated seed.
+        TypeError
+            ``seeds`` is neither an int nor a non-empty list of ints (bools are refused).
+
         Examples
         --------
         >>> s = Study(name="t", run_one=lambda c: [], quick={"w": [1, 2]}, full={"w": [1, 2, 4]})
@@ -824,10 +923,28 @@ class Study:
 
         Raises
         ------
+        ValueError
+            ``mode`` is not ``"quick"`` or ``"full"``; ``threads`` < 1; ``executor`` is an unknown
+            name; ``scheduler`` is given with an executor other than ``"dask"`` or with an executor
+            object; ``seeds`` is an int < 1, or a list with a negative or repeated seed; ``workers``
+            < 1 (when configurations are left to compute); ``summarize`` returns a table named
+            ``"claims"`` (reserved) or a name that is not letters, digits, ``_``, ``-``, ``.``.
+        TypeError
+            ``threads`` or ``workers`` is not an int (bools are refused); ``executor`` is neither a
+            name nor an executor from :func:`make_executor`; ``out`` is not a path; ``seeds`` is
+            neither an int nor a non-empty list of ints; a configuration holds a value that cannot
+            be turned into JSON; ``summarize`` returns something other than a dict of DataFrames;
+            with ``executor="dask"``, ``scheduler`` is not a non-empty string.
+        NotADirectoryError
+            ``out`` (or one of its parents) is a file.
         StudyRunError
-            When some configurations failed (those that finished stay cached).
+            When some configurations failed (those that finished stay cached); ``failures`` holds
+            each failed configuration with its traceback.
         SchedulerUnreachableError
             When the Dask scheduler cannot be reached.
+        StudyError
+            ``summarize(results)`` raised; a claim's table does not exist or the claim could not be
+            evaluated on it; ``executor="dask"`` without the ``distributed`` package.
         """
         started = time.perf_counter()
         check_choice(mode, "mode", MODES)

@@ -126,12 +126,23 @@ def kernel_alignment(kernel1: torch.Tensor, kernel2: torch.Tensor, *, centered: 
     Parameters
     ----------
     kernel1, kernel2 : Tensor of shape ``(n, n)``
-    centered : bool
+        The two kernel matrices (arrays and nested lists are accepted too); computed in float64
+        on ``kernel1``'s device (``kernel2`` is moved there).
+    centered : bool, default True
+        Centre both kernels first (``False``: the uncentred alignment).
 
     Returns
     -------
     float
         In [-1, 1] (in [0, 1] for PSD kernels); NaN when a (centred) kernel is zero.
+
+    Raises
+    ------
+    TypeError
+        ``kernel1`` or ``kernel2`` is not a tensor, array or nested list of real numbers.
+    ValueError
+        ``kernel1`` or ``kernel2`` is not a square 2-D matrix, is empty or has NaN/inf entries;
+        ``kernel2`` has another shape than ``kernel1``.
 
     Examples
     --------
@@ -155,13 +166,28 @@ def kernel_target_alignment(kernel: torch.Tensor, y: torch.Tensor, *, centered: 
     Parameters
     ----------
     kernel : Tensor of shape ``(n, n)``
+        The kernel matrix (arrays and nested lists are accepted too); computed in float64.
     y : Tensor of shape ``(n,)`` (integer labels) or ``(n, C)`` (targets)
-    centered : bool
+        Non-negative class labels (one-hot encoded) or a real target matrix, one row per kernel
+        row; moved to the kernel's device.
+    centered : bool, default True
+        Centre the kernel and ``Y Yᵀ`` first (``False``: the uncentred alignment).
 
     Returns
     -------
     float
         NaN when the centred kernel or target is zero (e.g. a single class).
+
+    Raises
+    ------
+    TypeError
+        ``kernel`` is not a tensor, array or nested list of real numbers; ``y`` is not a tensor,
+        array or nested list, holds booleans or complex numbers (labels) or complex numbers
+        (targets).
+    ValueError
+        ``kernel`` is not a square 2-D matrix, is empty or has NaN/inf entries; ``y`` is neither
+        1-D nor 2-D, or does not have one entry (row) per kernel row; labels are non-integer or
+        negative; targets have NaN/inf entries.
 
     Examples
     --------
@@ -181,10 +207,24 @@ def kernel_distance(kernel1: torch.Tensor, kernel2: torch.Tensor) -> float:
     Invariant to scaling either kernel by a positive number; 0 for proportional kernels.
     Works for kernels of any (equal) shape, e.g. full NTKs ``(n, n, K, K)``.
 
+    Parameters
+    ----------
+    kernel1, kernel2 : Tensor of one shape, at least 1-D
+        The two kernels (arrays and nested lists are accepted too); computed in float64 on
+        ``kernel1``'s device (``kernel2`` is moved there).
+
     Returns
     -------
     float
         In [0, 2]; NaN when a kernel is zero.
+
+    Raises
+    ------
+    TypeError
+        ``kernel1`` or ``kernel2`` is not a tensor, array or nested list of real numbers.
+    ValueError
+        ``kernel1`` or ``kernel2`` is 0-D, empty or has NaN/inf entries; ``kernel2`` has another
+        shape than ``kernel1``.
 
     Examples
     --------
@@ -237,11 +277,20 @@ def kernel_spectrum(kernel: torch.Tensor) -> KernelSpectrum:
     Parameters
     ----------
     kernel : Tensor of shape ``(n, n)``, symmetric
+        The kernel matrix (arrays and nested lists are accepted too); symmetric up to
+        ``max(1e-6, 100 eps) * max|K|``, and its symmetric part is used.
 
     Returns
     -------
     KernelSpectrum
         Eigenvalues (float64, descending) and effective rank (NaN for the zero matrix).
+
+    Raises
+    ------
+    TypeError
+        ``kernel`` is not a tensor, array or nested list of real numbers.
+    ValueError
+        ``kernel`` is not a square 2-D matrix, is empty, has NaN/inf entries or is not symmetric.
 
     Examples
     --------
@@ -257,6 +306,23 @@ def kernel_spectrum(kernel: torch.Tensor) -> KernelSpectrum:
 def effective_rank(kernel: torch.Tensor) -> float:
     """Entropy effective rank of a symmetric kernel matrix (Roy & Vetterli 2007); see
     :func:`kernel_spectrum`.
+
+    Parameters
+    ----------
+    kernel : Tensor of shape ``(n, n)``, symmetric
+        The kernel matrix (arrays and nested lists are accepted too).
+
+    Returns
+    -------
+    float
+        Between 1 and ``n``; NaN for the zero matrix.
+
+    Raises
+    ------
+    TypeError
+        ``kernel`` is not a tensor, array or nested list of real numbers.
+    ValueError
+        ``kernel`` is not a square 2-D matrix, is empty, has NaN/inf entries or is not symmetric.
 
     Examples
     --------
@@ -287,6 +353,17 @@ def kernel_velocity(kernels: Sequence[torch.Tensor], epochs: Sequence[float]) ->
     pandas.DataFrame
         One row per consecutive pair: ``measure="kernel_velocity"``, ``epoch_from``, ``epoch``,
         ``distance``, ``value`` (distance per epoch).
+
+    Raises
+    ------
+    TypeError
+        ``kernels`` is a tensor or not a sequence; a kernel is not a tensor, array or nested list
+        of real numbers.
+    ValueError
+        ``epochs`` is not a sequence (a string counts as none) of one number per kernel, or its
+        times do not increase strictly; a kernel is 0-D, empty or has NaN/inf entries, or has
+        another shape than the one before it (the message names the pair ``kernel1``,
+        ``kernel2``).
 
     Examples
     --------
@@ -341,10 +418,30 @@ def kernel_diagnostics(kernel: torch.Tensor, y: torch.Tensor | None = None, *,
     Parameters
     ----------
     kernel : Tensor of shape ``(n, n)``, symmetric
+        The kernel matrix (arrays and nested lists are accepted too); computed in float64.
     y : Tensor of shape ``(n,)`` or ``(n, C)``, optional
+        Non-negative class labels or a target matrix, as in :func:`kernel_target_alignment`.
     previous, initial : Tensor of shape ``(n, n)``, optional
+        An earlier kernel of the same inputs and the first one (moved to ``kernel``'s device).
     elapsed : float, optional
-        Epochs between ``previous`` and ``kernel``.
+        Epochs between ``previous`` and ``kernel`` (> 0); without it no ``kernel_velocity`` row.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``measure`` and ``value``, one row per measure in the order above.
+
+    Raises
+    ------
+    TypeError
+        ``kernel`` is not a tensor, array or nested list of real numbers; ``y`` is not a tensor,
+        array or nested list, holds booleans or complex numbers (labels) or complex numbers
+        (targets).
+    ValueError
+        ``kernel`` is not a square 2-D matrix, is empty, has NaN/inf entries or is not symmetric;
+        ``y`` is neither 1-D nor 2-D, or does not have one entry (row) per kernel row; labels are
+        non-integer or negative; targets have NaN/inf entries; ``previous`` or ``initial`` has
+        another shape than ``kernel``; ``elapsed`` is not an int or float > 0.
 
     Examples
     --------

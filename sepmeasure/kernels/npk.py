@@ -272,7 +272,10 @@ def network_gates(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     Parameters
     ----------
     model : nn.Module
+        A network whose non-linearities are all ``nn.ReLU`` modules, or a gated model (see
+        :func:`neural_path_kernel`).
     x : Tensor of shape ``(N, *features)``
+        Inputs, in the dtype and on the device of the model's parameters.
 
     Returns
     -------
@@ -281,9 +284,18 @@ def network_gates(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
 
     Raises
     ------
+    TypeError
+        ``model`` is not an ``nn.Module``, or implements only part of the gate protocol
+        (``gates``, ``value_forward``, ``value_parameter_names``); ``value_parameter_names()`` does
+        not return a list of strings; ``model.gates(x)`` does not return a list of tensors;
+        ``x`` is not a tensor, array or nested list of real numbers, or its dtype or device differs
+        from the model's parameters.
     ValueError
-        A non-linearity that is not a gate (tanh, GELU, leaky ReLU, max pooling, normalisation, ...),
-        or inputs the model cannot be applied to.
+        A non-linearity that is not a gate (tanh, GELU, leaky ReLU, max pooling, normalisation,
+        dropout in training mode, ...); ``value_parameter_names()`` names parameters the model does
+        not have; ``model.gates(x)`` returns a gate that is not ``(N, ...)`` or has values outside
+        [0, 1]; ``x`` is 0-D, empty or has NaN/inf entries, or the model raises on it (its error is
+        named in the message).
 
     Examples
     --------
@@ -365,6 +377,7 @@ def neural_path_kernel(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | No
         every call), or a gated model implementing ``gates(x)``, ``value_forward(x, gates)`` and
         ``value_parameter_names()`` (soft gates in [0, 1] allowed). Left unmodified.
     x1 : Tensor of shape ``(N1, *features)``
+        Inputs, in the dtype and on the device of the model's parameters.
     x2 : Tensor of shape ``(N2, *features)``, optional
         Default ``x1`` (the kernel is then symmetric).
     block_size : int, optional
@@ -374,13 +387,26 @@ def neural_path_kernel(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | No
     Returns
     -------
     Tensor of shape ``(N1, N2)``
+        In the dtype and on the device of ``x1``.
 
     Raises
     ------
+    TypeError
+        ``model`` is not an ``nn.Module``, or implements only part of the gate protocol
+        (``gates``, ``value_forward``, ``value_parameter_names``); ``value_parameter_names()`` does
+        not return a list of strings; ``model.gates(x)`` does not return a list of tensors;
+        ``x1`` or ``x2`` is not a tensor, array or nested list of real numbers, or its dtype or
+        device differs from the model's parameters; ``block_size`` is not an int (bools are
+        refused).
     ValueError
-        A non-linearity that is not a gate (named, with its module), a network that is not linear
-        in its input once its gates are fixed (a hidden non-linearity), inputs the model cannot be
-        applied to, or ``x2`` samples of another shape than ``x1``'s.
+        A non-linearity that is not a gate (named, with its module); a network that is not linear
+        in its input once its gates are fixed (a hidden non-linearity) or makes different ReLU
+        calls for different inputs; a gated model whose ``forward(x)`` differs from
+        ``value_forward(x, gates(x))``, whose ``value_parameter_names()`` names parameters it does
+        not have, or whose gates are not ``(N, ...)`` with values in [0, 1]; a value network whose
+        outputs are not ``(N, K)``; ``x1`` or ``x2`` is 0-D, empty or has NaN/inf entries, or the
+        model raises on it (its error is named in the message); ``x2`` samples of another shape
+        than ``x1``'s; ``block_size`` < 1.
 
     Examples
     --------
@@ -478,6 +504,7 @@ def gate_overlap(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = N
     model : nn.Module
         A ReLU network or a gated model (see :func:`neural_path_kernel`).
     x1 : Tensor of shape ``(N1, *features)``
+        Inputs, in the dtype and on the device of the model's parameters.
     x2 : Tensor of shape ``(N2, *features)``, optional
         Default ``x1``.
 
@@ -486,6 +513,21 @@ def gate_overlap(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = N
     GateOverlap
         A mapping ``{layer name: Tensor (N1, N2)}`` (names as in :func:`network_gates`), with
         ``units`` per layer and ``.to_frame()`` for a tidy table.
+
+    Raises
+    ------
+    TypeError
+        ``model`` is not an ``nn.Module``, or implements only part of the gate protocol
+        (``gates``, ``value_forward``, ``value_parameter_names``); ``value_parameter_names()`` does
+        not return a list of strings; ``model.gates(x)`` does not return a list of tensors;
+        ``x1`` or ``x2`` is not a tensor, array or nested list of real numbers, or its dtype or
+        device differs from the model's parameters.
+    ValueError
+        A non-linearity that is not a gate (as in :func:`network_gates`); ``value_parameter_names()``
+        names parameters the model does not have; ``model.gates(x)`` returns a gate that is not
+        ``(N, ...)`` or has values outside [0, 1]; ``x1`` or ``x2`` is 0-D, empty or has NaN/inf
+        entries, or the model raises on it (its error is named in the message); ``x2`` samples of
+        another shape than ``x1``'s.
 
     Examples
     --------

@@ -73,13 +73,14 @@ def select_parameters(model: nn.Module, params: ParameterSelector = None,
     Parameters
     ----------
     model : nn.Module
-    params : str, sequence of str, callable, or None
+        The model whose ``named_parameters()`` are selected from.
+    params : str, sequence of str, callable, or None, default None
         ``"a.weight"`` selects that parameter (a tied parameter may be named by any of its
         names); ``"re:<pattern>"`` every parameter whose name fully matches the regular
         expression; a list the union of its items; a callable ``f(name, parameter) -> bool``
         every parameter for which it is true. ``None`` selects every parameter with
         ``requires_grad=True``.
-    name : str
+    name : str, default "params"
         Argument name used in error messages.
 
     Returns
@@ -89,9 +90,12 @@ def select_parameters(model: nn.Module, params: ParameterSelector = None,
 
     Raises
     ------
+    TypeError
+        ``params`` (or an item of its list) is neither a string nor a callable.
     ValueError
-        When nothing is selected (the message lists the parameter names) or an exact name does
-        not exist (with close matches suggested).
+        When nothing is selected (the message lists the parameter names), ``params`` is an empty
+        list or tuple, an exact name does not exist (with close matches suggested), or a
+        ``"re:<pattern>"`` is not a valid regular expression.
 
     Examples
     --------
@@ -819,7 +823,7 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = 
     x2 : Tensor of shape ``(N2, *features)``, optional
         Default ``x1``: the kernel is then symmetric (only blocks on and above the diagonal are
         computed).
-    method : {"auto", "jacobian", "ntvp", "structured"}
+    method : {"auto", "jacobian", "ntvp", "structured"}, default "auto"
         ``"jacobian"``: per-sample Jacobians (``jacrev`` vmapped over samples) contracted over
         parameters, the reference. ``"ntvp"``: NTK-vector products, a vjp then a jvp for every output basis
         vector. ``"structured"``: for ``Linear``/``Conv1d``/``Conv2d`` weights and biases the
@@ -831,16 +835,16 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = 
         that autograd shows is used outside its layer's forward pass also falls back (with a
         warning). ``"auto"``: ``"structured"``, or ``"jacobian"`` when the kernel depends on the
         batch.
-    output : {"full", "trace"}
+    output : {"full", "trace"}, default "full"
         ``"full"``: ``Θ(x, x')_{kk'}``; ``"trace"``: ``Σ_k Θ(x, x')_{kk}``.
-    params : str, list of str, callable, or None
+    params : str, list of str, callable, or None, default None
         Which parameters θ runs over; see :func:`select_parameters` (names, ``"re:<pattern>"``,
         a callable ``(name, parameter) -> bool``). Default: every parameter with
         ``requires_grad=True``.
     block_size : int, optional
         Rows of ``x1`` and of ``x2`` per block; memory is bounded by one block pair. Default:
         the largest block whose estimated working memory stays under 1 GiB.
-    allow_batch_dependence : bool
+    allow_batch_dependence : bool, default False
         Batch normalisation using batch statistics (training mode) makes a sample's output
         depend on the rest of the batch; that is an error unless this is true. The kernel is
         then ``J(x1) J(x2)ᵀ`` for the outputs of the whole batches ``x1`` and ``x2`` (method
@@ -855,11 +859,21 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = 
     Raises
     ------
     ValueError
-        Unknown ``method``/``output``; inputs the model cannot be applied to; ``x2`` samples of
-        another shape than ``x1``'s; ``params`` selecting nothing; a batch-dependent model
-        without ``allow_batch_dependence``; dropout in training mode.
+        Unknown ``method``/``output``; ``block_size`` < 1, or given for a batch-dependent kernel;
+        inputs the model cannot be applied to (its error is named in the message) or outputs that
+        are not ``(N, K)``; ``x1`` or ``x2`` 0-D, empty or with NaN/inf entries; ``x2`` samples of
+        another shape than ``x1``'s; inputs on another device than the parameters; ``params``
+        selecting nothing, an empty list, an unknown parameter name or an invalid
+        ``"re:<pattern>"``; a batch-dependent model without ``allow_batch_dependence``, or with a
+        ``method`` other than ``"jacobian"``/``"auto"``; dropout in training mode.
     TypeError
-        ``model`` not an ``nn.Module``; inputs of another dtype than the parameters.
+        ``model`` not an ``nn.Module``; ``block_size`` not an int (bools are refused);
+        ``allow_batch_dependence`` not a bool; ``params`` (or an item of its list) neither a string
+        nor a callable; ``x1`` or ``x2`` not a tensor, array or nested list of real numbers,
+        or of another dtype than the parameters.
+    RuntimeError
+        ``method="structured"`` (or ``"auto"``) and the model calls its ``Linear``/``Conv`` layers in
+        a different sequence for some inputs (use ``method="jacobian"``).
 
     Examples
     --------

@@ -162,7 +162,7 @@ def hull_distance(A: Any, B: Any, *, method: str = "auto", tol: float = 1e-6, ze
     A, B : Tensor or array of shape (n, d) and (m, d)
         The two point sets (rows are points), on the same device. Any float dtype; the solver
         and the certificate run in float64.
-    method : {"auto", "native", "reference"}
+    method : {"auto", "native", "reference"}, default "auto"
         ``"native"`` (and ``"auto"``): the working-set solver in torch on the input's device.
         ``"reference"``: a second-order cone program through cvxpy on the CPU.
     tol : float, default 1e-6
@@ -191,11 +191,21 @@ def hull_distance(A: Any, B: Any, *, method: str = "auto", tol: float = 1e-6, ze
 
     Raises
     ------
-    ValueError, TypeError
-        For sets that are empty, not 2-D, not finite, of different widths or on different
-        devices, and for bad arguments.
+    TypeError
+        ``A`` or ``B`` is not a tensor, array or nested list of real numbers; ``tol`` or ``zero_tol``
+        is not a real number; ``max_iter`` or ``working_set`` is not an int (bools are refused);
+        ``warm_start`` is not a :class:`HullDistance`; with ``method="reference"``, ``solver`` is not a
+        string.
+    ValueError
+        ``A`` or ``B`` is not 2-D, has no rows or has NaN/inf entries; ``B`` has another number of
+        columns than ``A`` or lies on another device; ``method`` is not one of ``"auto"``,
+        ``"native"``, ``"reference"``; ``tol`` is not a finite number > 0 or ``zero_tol`` not a finite
+        number >= 0; ``max_iter`` or ``working_set`` is < 1; ``warm_start`` is a result for sets of
+        other sizes; with ``method="reference"``, ``solver`` is not an installed cvxpy solver.
     HullSolverError
-        When the reference solver fails (no distance is returned then).
+        ``method="reference"`` and the cvxpy solver fails, ends with a status other than
+        ``"optimal"``/``"optimal_inaccurate"`` or returns weights that are not a convex combination
+        (no distance is returned then).
 
     Examples
     --------
@@ -243,15 +253,17 @@ def pairwise_hull_distances(features: Any, labels: Any, pairs: Any = "ovo", *, c
 
     Parameters
     ----------
-    features : Tensor of shape (N, d)
-    labels : Tensor of shape (N,)
-        Integer class labels.
-    pairs : "ovo", "ovr" or list of (class_a, class_b)
+    features : Tensor or array of shape (N, d)
+        The labelled points (rows), any float dtype; the solver runs in float64 on their device.
+    labels : Tensor or array of shape (N,)
+        Integer class labels, one per row of ``features``.
+    pairs : "ovo", "ovr" or list of (class_a, class_b), default "ovo"
         One-vs-one (every pair ``a < b``), one-vs-rest (``class_b == "rest"``) or explicit pairs.
     classes : sequence of int, optional
-        Restrict to these classes.
+        Restrict to these classes (default: every class in ``labels``).
     method, tol, zero_tol, max_iter, solver, solver_options, working_set
-        As in :func:`hull_distance`; ``"reference"`` solves the pairs one after the other.
+        As in :func:`hull_distance` (same defaults); ``"reference"`` solves the pairs one after the
+        other.
     progress : bool, default True
         Progress bar over rounds (native) or pairs (reference), on a terminal or in a notebook
         after a second.
@@ -260,6 +272,24 @@ def pairwise_hull_distances(features: Any, labels: Any, pairs: Any = "ovo", *, c
     -------
     dict
         ``{(class_a, class_b): HullDistance}`` in the order of the pairs.
+
+    Raises
+    ------
+    TypeError
+        ``features`` or ``labels`` is not a tensor, array or nested list of numbers (``features``
+        complex, ``labels`` boolean or complex); ``tol`` or ``zero_tol`` is not a real number;
+        ``max_iter`` or ``working_set`` is not an int (bools are refused); ``progress`` is not a
+        bool; with ``method="reference"``, ``solver`` is not a string.
+    ValueError
+        ``features`` is not 2-D, has no rows or has NaN/inf entries; ``labels`` is not 1-D, holds
+        non-integer values or is not one label per row of ``features``; ``method``, ``tol``,
+        ``zero_tol``, ``max_iter`` or ``working_set`` is out of range (as in :func:`hull_distance`);
+        ``classes`` names a label absent from ``labels``; fewer than 2 classes are left; ``pairs``
+        is not ``"ovo"``, ``"ovr"`` or a list of pairs, is an empty list, or has a pair with a class
+        absent from the labels or the same class twice; with ``method="reference"``, ``solver`` is
+        not an installed cvxpy solver.
+    HullSolverError
+        ``method="reference"`` and the cvxpy solver fails on a pair (see :func:`hull_distance`).
 
     Examples
     --------

@@ -126,8 +126,24 @@ def pair_fraction(A: Any, B: Any, w: Any) -> float:
 
     Parameters
     ----------
-    A, B : Tensor of shape (n, d) and (m, d)
-    w : Tensor of shape (d,)
+    A, B : Tensor or array of shape (n, d) and (m, d)
+        The two point sets (rows are points), on the same device.
+    w : Tensor or array of shape (d,)
+        The direction, on the device of the points (its length does not matter).
+
+    Returns
+    -------
+    float
+        The fraction of the ``n * m`` pairs with ``w @ a_i > w @ b_j``, in [0, 1].
+
+    Raises
+    ------
+    TypeError
+        ``A``, ``B`` or ``w`` is not a tensor, array or nested list of real numbers.
+    ValueError
+        ``A`` or ``B`` is not 2-D, has no rows or has NaN/inf entries; ``B`` has another number of
+        columns than ``A`` or lies on another device; ``w`` is not 1-D, is empty, has NaN/inf
+        entries, does not have ``d`` entries or lies on another device than the points.
 
     Examples
     --------
@@ -159,8 +175,9 @@ def md_lsm(A: Any, B: Any, method: str = "auto", *, seed: int = 0, n_starts: int
 
     Parameters
     ----------
-    A, B : Tensor of shape (n, d) and (m, d)
-    method : {"auto", "exact", "approx"}
+    A, B : Tensor or array of shape (n, d) and (m, d)
+        The two point sets (rows are points), on the same device.
+    method : {"auto", "exact", "approx"}, default "auto"
         ``"exact"``: a mixed-integer program through cvxpy + HiGHS with one binary per pair
         (small sets only: the work grows quickly beyond ~100 pairs). It maximises the number of
         pairs with :math:`w^\top(a_i-b_j)\ge\delta` over :math:`\|w\|_\infty\le 1` in whitened
@@ -174,26 +191,41 @@ def md_lsm(A: Any, B: Any, method: str = "auto", *, seed: int = 0, n_starts: int
         pairwise surrogate (the mean of :math:`\sigma(w^\top(a_i-b_j)/\tau)` over all pairs or
         ``max_pairs`` sampled pairs per step, with :math:`\tau` annealed), and keeps the best
         exact pair fraction seen. ``"auto"`` is exact when ``n*m <= exact_max_pairs``.
-    seed : int
-        Seeds the random starts and the pair sampling.
-    n_starts, steps, max_pairs
-        Random starts, surrogate steps and pairs per step of ``"approx"``.
-    exact_max_pairs : int
-        Largest ``n*m`` for which ``"auto"`` picks the exact method.
-    time_limit : float
-        Seconds per mixed-integer program.
-    margin : float
-        :math:`\delta` of the exact method, relative to the largest whitened difference.
+    seed : int, default 0
+        Seeds the random starts and the pair sampling (>= 0).
+    n_starts, steps, max_pairs : int, default 2, 100 and 100_000
+        Random starts (>= 0), surrogate steps (>= 0) and pairs per step (>= 1) of ``"approx"``.
+    exact_max_pairs : int, default 64
+        Largest ``n*m`` for which ``"auto"`` picks the exact method (>= 0).
+    time_limit : float, default 30.0
+        Seconds per mixed-integer program (> 0).
+    margin : float, default 1e-5
+        :math:`\delta` of the exact method, relative to the largest whitened difference (> 0).
     hull : HullDistance, optional
-        A hull-distance result for the same sets (reused instead of solving again).
-    witnesses : int
-        How many point-disjoint overlap certificates to look for when bounding from above.
+        A hull-distance result for the same sets (reused instead of solving again; default:
+        :func:`~sepmeasure.separability.hull.hull_distance` of ``A`` and ``B``).
+    witnesses : int, default 4
+        How many point-disjoint overlap certificates to look for when bounding from above (>= 0).
 
     Returns
     -------
     MDLSM
         ``value`` (attained by ``normal``), certified ``lower``/``upper``, ``normal`` of shape
         ``(d,)``, ``method``, ``status``, ``n_pairs``.
+
+    Raises
+    ------
+    TypeError
+        ``A`` or ``B`` is not a tensor, array or nested list of real numbers; ``seed``,
+        ``n_starts``, ``steps``, ``max_pairs``, ``exact_max_pairs`` or ``witnesses`` is not an int
+        (bools are refused); ``time_limit`` or ``margin`` is not a real number; ``hull`` is not a
+        :class:`~sepmeasure.separability.hull.HullDistance`.
+    ValueError
+        ``A`` or ``B`` is not 2-D, has no rows or has NaN/inf entries; ``B`` has another number of
+        columns than ``A`` or lies on another device; ``method`` is not one of ``"auto"``,
+        ``"exact"``, ``"approx"``; ``seed``, ``n_starts``, ``steps``, ``exact_max_pairs`` or
+        ``witnesses`` is negative, or ``max_pairs`` < 1; ``time_limit`` or ``margin`` is not a finite
+        number > 0.
 
     Examples
     --------

@@ -51,6 +51,20 @@ class ProbeResult:
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion (95% by default).
 
+    Parameters
+    ----------
+    successes : int
+        Number of successes, between 0 and ``n``.
+    n : int
+        Number of trials.
+    z : float, default 1.959963984540054
+        Standard-normal quantile of the two-sided level (the default gives 95%).
+
+    Returns
+    -------
+    (lower, upper) : tuple of float
+        The interval, clipped to [0, 1]; ``(0.0, 1.0)`` when ``n <= 0``.
+
     Examples
     --------
     >>> lo, hi = wilson_interval(8, 10)
@@ -77,15 +91,35 @@ def fit_logistic(X: torch.Tensor, y: torch.Tensor, *, l2: float = 1e-3, max_iter
 
     Parameters
     ----------
-    X : Tensor of shape (N, d)
-    y : Tensor of shape (N,)
+    X : Tensor or array of shape (N, d)
+        Features; fitted in float64 on their device.
+    y : Tensor or array of shape (N,)
         Labels in {0, 1} (moved to ``X``'s device).
-    l2 : float
-        Ridge penalty on the standardised weights.
-    max_iter : int
-        L-BFGS iterations.
-    weights : Tensor of shape (N,), optional
-        Per-sample weights (default: balanced classes).
+    l2 : float, default 1e-3
+        Ridge penalty on the standardised weights (>= 0).
+    max_iter : int, default 100
+        L-BFGS iterations (>= 1).
+    weights : Tensor or array of shape (N,), optional
+        Non-negative per-sample weights (default: balanced classes).
+
+    Returns
+    -------
+    w : Tensor of shape (d,)
+        Weights in the input coordinates (float64, on ``X``'s device).
+    b : float
+        Bias: class 1 is predicted where ``X @ w + b > 0``.
+
+    Raises
+    ------
+    TypeError
+        ``X``, ``y`` or ``weights`` is not a tensor, array or nested list of numbers (``X`` or
+        ``weights`` complex, ``y`` boolean or complex); ``l2`` is not a real number; ``max_iter`` is
+        not an int (bools are refused).
+    ValueError
+        ``X`` is not 2-D, has no rows or has NaN/inf entries; ``y`` is not 1-D, holds non-integer
+        values, is not one label per row of ``X`` or holds labels other than 0 and 1; ``l2`` is not a
+        finite number >= 0; ``max_iter`` < 1; ``weights`` is not 1-D, has NaN/inf entries, negative
+        entries or not one entry per row of ``X``.
 
     Examples
     --------
@@ -147,10 +181,31 @@ def linear_probe(A: Any, B: Any, *, test_fraction: float = 0.3, seed: int = 0, l
     Parameters
     ----------
     A, B : Tensor of shape (n, d) and (m, d), each with at least 2 points.
-    test_fraction : float in (0, 1)
-    seed : int
-    l2, max_iter
+        The two point sets (rows are points), on the same device; ``A`` is the positive class.
+    test_fraction : float in (0, 1), default 0.3
+        Share of each set held out for testing.
+    seed : int, default 0
+        Seeds the split (>= 0).
+    l2, max_iter : float and int, default 1e-3 and 100
         See :func:`fit_logistic`.
+
+    Returns
+    -------
+    ProbeResult
+        Held-out ``accuracy`` with its 95% Wilson interval ``lower``/``upper``,
+        ``train_accuracy``, the unit ``normal`` of shape ``(d,)`` and ``bias``, ``n_train``,
+        ``n_test``.
+
+    Raises
+    ------
+    TypeError
+        ``A`` or ``B`` is not a tensor, array or nested list of real numbers; ``test_fraction`` or
+        ``l2`` is not a real number; ``seed`` or ``max_iter`` is not an int (bools are refused).
+    ValueError
+        ``A`` or ``B`` is not 2-D, has no rows or has NaN/inf entries; ``B`` has another number of
+        columns than ``A`` or lies on another device; ``test_fraction`` is not in (0, 1); ``seed`` is
+        negative; ``A`` or ``B`` has fewer than 2 points; ``l2`` is not a finite number >= 0 or
+        ``max_iter`` < 1 (raised by :func:`fit_logistic`).
 
     Examples
     --------

@@ -96,6 +96,27 @@ def subset_fraction(A: Any, B: Any, w: Any) -> float:
     scores is tried for both orientations (points on the threshold are dropped). Exact for the
     given direction, in :math:`O((n+m)\\log(n+m))`.
 
+    Parameters
+    ----------
+    A, B : Tensor or array of shape (n, d) and (m, d)
+        The two point sets (rows are points), on the same device.
+    w : Tensor or array of shape (d,)
+        The normal direction (either orientation), on the device of the points.
+
+    Returns
+    -------
+    float
+        The largest fraction of the ``n + m`` points kept, in ``[max(n, m) / (n + m), 1]``.
+
+    Raises
+    ------
+    TypeError
+        ``A``, ``B`` or ``w`` is not a tensor, array or nested list of real numbers.
+    ValueError
+        ``A`` or ``B`` is not 2-D, has no rows or has NaN/inf entries; ``B`` has another number of
+        columns than ``A`` or lies on another device; ``w`` is not 1-D, is empty, has NaN/inf
+        entries, does not have ``d`` entries or lies on another device than the points.
+
     Examples
     --------
     >>> import torch
@@ -126,8 +147,9 @@ def separable_subset_fraction(A: Any, B: Any, method: str = "auto", *, seed: int
 
     Parameters
     ----------
-    A, B : Tensor of shape (n, d) and (m, d)
-    method : {"auto", "exact", "approx"}
+    A, B : Tensor or array of shape (n, d) and (m, d)
+        The two point sets (rows are points), on the same device.
+    method : {"auto", "exact", "approx"}, default "auto"
         ``"exact"``: a big-M mixed-integer program through cvxpy + HiGHS (one binary per point)
         keeping points with :math:`y_i(w^\top x_i - c)\ge\delta` over :math:`\|w\|_\infty\le1`
         in whitened coordinates (``margin`` is :math:`\delta`); its non-strict relaxation over
@@ -138,20 +160,40 @@ def separable_subset_fraction(A: Any, B: Any, method: str = "auto", *, seed: int
         smooth surrogate (sigmoid of the signed margin with a learned threshold); its training
         accuracy is a certified lower bound. ``"auto"`` is exact when ``n + m <=
         exact_max_points``.
-    seed, n_starts, steps
-        Random starts and surrogate steps of ``"approx"``.
-    exact_max_points : int
-    time_limit : float
-        Seconds per mixed-integer program.
-    margin : float
+    seed, n_starts, steps : int, default 0, 2 and 100
+        Seed (>= 0) of the random starts, their number (>= 0) and the surrogate steps (>= 0) of
+        ``"approx"``.
+    exact_max_points : int, default 24
+        Largest ``n + m`` for which ``"auto"`` picks the exact method (>= 0).
+    time_limit : float, default 30.0
+        Seconds per mixed-integer program (> 0).
+    margin : float, default 1e-5
+        :math:`\delta` of the exact method, in whitened coordinates scaled so that the largest
+        point has unit L1 norm (> 0).
     hull : HullDistance, optional
-        A hull-distance result for the same sets.
-    witnesses : int
-        Point-disjoint overlap certificates to look for (upper bound of ``"approx"``).
+        A hull-distance result for the same sets (default:
+        :func:`~sepmeasure.separability.hull.hull_distance` of ``A`` and ``B``).
+    witnesses : int, default 8
+        Point-disjoint overlap certificates to look for (upper bound of ``"approx"``; >= 0).
 
     Returns
     -------
     SubsetFraction
+        ``value`` (kept by the classifier ``(normal, offset)``), certified ``lower``/``upper``,
+        ``normal`` of shape ``(d,)``, ``offset``, ``method``, ``status``.
+
+    Raises
+    ------
+    TypeError
+        ``A`` or ``B`` is not a tensor, array or nested list of real numbers; ``seed``,
+        ``n_starts``, ``steps``, ``exact_max_points`` or ``witnesses`` is not an int (bools are
+        refused); ``time_limit`` or ``margin`` is not a real number; ``hull`` is not a
+        :class:`~sepmeasure.separability.hull.HullDistance`.
+    ValueError
+        ``A`` or ``B`` is not 2-D, has no rows or has NaN/inf entries; ``B`` has another number of
+        columns than ``A`` or lies on another device; ``method`` is not one of ``"auto"``,
+        ``"exact"``, ``"approx"``; ``seed``, ``n_starts``, ``steps``, ``exact_max_points`` or
+        ``witnesses`` is negative; ``time_limit`` or ``margin`` is not a finite number > 0.
 
     Examples
     --------

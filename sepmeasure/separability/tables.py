@@ -35,6 +35,20 @@ def balanced_subsample(labels: torch.Tensor, max_per_class: int | None, seed: in
 
     The draw uses a CPU generator, so it is the same on every device.
 
+    Parameters
+    ----------
+    labels : Tensor of shape (N,)
+        Class labels (any device).
+    max_per_class : int or None
+        Rows kept per class; ``None`` keeps every row.
+    seed : int
+        Seeds the draw.
+
+    Returns
+    -------
+    Tensor of shape (K,)
+        Sorted int64 row indices, on the CPU.
+
     Examples
     --------
     >>> balanced_subsample(torch.tensor([0, 0, 0, 1, 1]), 2, seed=0).tolist()
@@ -60,6 +74,32 @@ def class_subsample(labels: torch.Tensor, classes: Sequence[int], per_class: int
     (a CPU generator, so the draw is the same on every device); a class with
     fewer rows contributes all of them. Use it to measure the same points at
     every epoch or for every model of a grid.
+
+    Parameters
+    ----------
+    labels : Tensor or array of shape (N,)
+        Integer class labels (any device).
+    classes : sequence of int
+        The classes to draw from, distinct and present in ``labels``; the result follows their order.
+    per_class : int
+        Rows drawn per class (>= 1).
+    seed : int
+        Seeds the draw.
+
+    Returns
+    -------
+    Tensor of shape (K,)
+        int64 row indices, on the CPU, ``classes[0]``'s first.
+
+    Raises
+    ------
+    TypeError
+        ``labels`` is not a tensor, array or nested list of integers (booleans and complex numbers
+        are refused); ``per_class`` is not an int (bools are refused).
+    ValueError
+        ``labels`` is not 1-D or holds non-integer values; ``per_class`` < 1; ``classes`` is not a
+        non-empty sequence (a string counts as none), names a class with no rows in ``labels``, or
+        repeats a class.
 
     Examples
     --------
@@ -95,6 +135,29 @@ def add_relative_hull_distance(table: pd.DataFrame, activations: Mapping[str, to
     ``lower`` and ``upper`` divided by the spread, and carry it in a
     ``layer_spread`` column. ``activations`` must hold the points the table
     was computed from.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        A table of :func:`layer_separability` (at least the columns ``layer``, ``measure``,
+        ``value``, ``lower``, ``upper``).
+    activations : mapping of str to Tensor, or Tensor
+        ``{layer name: Tensor[N, ...]}`` as given to :func:`layer_separability` (a single tensor
+        is the layer ``"features"``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``table`` followed by one ``relative_hull_distance`` row per ``hull_distance`` row, with the
+        extra column ``layer_spread`` (NaN on the original rows).
+
+    Raises
+    ------
+    TypeError
+        ``table`` is not a DataFrame; ``activations`` is neither a tensor nor a mapping.
+    ValueError
+        ``table`` lacks one of the columns above; ``activations`` is an empty mapping, or has no
+        entry for a layer of the table's hull-distance rows.
 
     Examples
     --------
@@ -170,25 +233,29 @@ def layer_separability(activations: Any, labels: Any = None,
         ``"features"``.
     labels : Tensor of shape (N,), optional
         Class labels; default ``activations.labels``.
-    measures : sequence of str
-        Any of ``"md_lsm"``, ``"hull_distance"``, ``"linear_probe"``, ``"separable_subset"``.
-    pairs : "ovo", "ovr" or list of (class_a, class_b)
+    measures : sequence of str, default ("md_lsm", "hull_distance", "linear_probe")
+        Any of ``"md_lsm"``, ``"hull_distance"``, ``"linear_probe"``, ``"separable_subset"`` (a
+        single name is accepted).
+    pairs : "ovo", "ovr" or list of (class_a, class_b), default "ovo"
         One-vs-one, one-vs-rest (``class_b == "rest"``) or explicit pairs.
     max_per_class : int, optional
         Keep at most this many samples of each class (the same samples for every layer), drawn
         with ``seed``; recorded in the table.
-    seed : int
+    seed : int, default 0
         Seeds the subsample, the probe's split and the random starts of the measures.
     device : device, optional
         Where to compute (default: where each layer's tensor lives).
     classes : sequence of int, optional
         Only these classes.
-    md_lsm_method, subset_method : str
+    md_lsm_method, subset_method : str, default "auto"
         ``method`` of :func:`md_lsm` and :func:`separable_subset_fraction` (``"auto"``: exact on
         tiny pairs, approximate otherwise).
-    hull_tol, hull_max_iter
+    hull_tol, hull_max_iter : float and int, default 1e-6 and 1000
         Tolerance and rounds of the hull solver.
-    probe_test_fraction : float
+    probe_test_fraction : float, default 0.3
+        Held-out share of each class of a pair for ``"linear_probe"`` (``test_fraction`` of
+        :func:`linear_probe`); a pair with a class of fewer than 2 points gets NaN and the status
+        ``"too_few_points"``.
     progress : bool, default True
         Progress bar over layers and pairs (on a terminal or in a notebook, after a second).
 
@@ -198,6 +265,27 @@ def layer_separability(activations: Any, labels: Any = None,
         One row per (layer, class_a, class_b, measure) with columns ``layer, class_a, class_b,
         measure, value, lower, upper, method, status, n_a, n_b, d, seed, max_per_class,
         seconds``. ``attrs["subsample"]`` holds the indices of the rows used.
+
+    Raises
+    ------
+    TypeError
+        ``activations`` is neither a tensor nor a mapping, or one of its layers is not a tensor or
+        array of real numbers; ``labels`` is not a tensor, array or nested list of integers
+        (booleans and complex numbers are refused); ``measures`` is not a sequence of names;
+        ``seed`` or ``max_per_class`` is not an int (bools are refused); ``progress`` is not a bool;
+        ``probe_test_fraction`` is not a real number (reported as ``test_fraction`` when a probe
+        runs).
+    ValueError
+        ``activations`` is an empty mapping, or a layer has fewer than 2 dimensions, no rows,
+        NaN/inf entries or another number of rows than ``labels``; ``labels`` is None and
+        ``activations`` has no ``labels`` attribute, or ``labels`` is not 1-D or holds non-integer
+        values; ``measures`` is empty or holds an unknown name; ``seed`` is negative or
+        ``max_per_class`` < 1; ``classes`` names a label absent from ``labels``; fewer
+        than 2 classes are left; ``pairs`` is not ``"ovo"``, ``"ovr"`` or a non-empty list of pairs
+        of two different present classes. The measures check their own arguments when they run:
+        an unknown ``md_lsm_method`` or ``subset_method`` (reported as ``method``) and a
+        ``probe_test_fraction`` outside (0, 1) (reported as ``test_fraction``) also raise
+        ``ValueError``.
 
     Examples
     --------
@@ -321,6 +409,25 @@ def separability_summary(table: pd.DataFrame) -> pd.DataFrame:
     ``mean_upper``, ``n_pairs`` and ``frac_separable`` — the fraction of pairs certified
     separable (hull distance: ``lower > 0``; MD-LSM and separable subset: ``lower == 1``;
     NaN for the probe, whose accuracy certifies nothing).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        A table of :func:`layer_separability` (at least the columns ``layer``, ``measure``,
+        ``value``, ``lower``, ``upper``; ``epoch`` and ``step`` group too when present, as in the
+        table of :class:`~sepmeasure.separability.callback.SeparabilityCallback`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per group, with the columns above.
+
+    Raises
+    ------
+    TypeError
+        ``table`` is not a DataFrame.
+    ValueError
+        ``table`` lacks one of the columns ``layer``, ``measure``, ``value``, ``lower``, ``upper``.
 
     Examples
     --------
