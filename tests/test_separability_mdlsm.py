@@ -255,3 +255,11 @@ def test_on_device(device):
     assert r.value == pair_fraction(A, B, r.normal.cpu())
     small_a, small_b = A[:4].to(device), B[:4].to(device)
     assert md_lsm(small_a, small_b, method="exact").value == md_lsm(A[:4], B[:4], method="exact").value
+
+
+def test_a_hull_of_other_sets_is_refused():
+    A, B = random_sets(0, 5, 4, 3)
+    other = hull_distance(*random_sets(1, 6, 4, 3))
+    with pytest.raises(ValueError, match=r"hull: expected the hull distance of these sets \(5 and 4 points in 3"):
+        md_lsm(A, B, hull=other)
+    assert md_lsm(A, B, hull=hull_distance(A, B)).value == md_lsm(A, B).value

@@ -319,3 +319,31 @@ def test_callback_rejects_unknown_options():
         SeparabilityCallback(colour="red")
     with pytest.raises(ValueError, match="measures: expected names from"):
         SeparabilityCallback(measures=("nope",))
+
+
+def test_subsample_and_table_arguments_are_checked_before_any_work():
+    y = torch.tensor([0, 0, 0, 1, 1])
+    with pytest.raises(ValueError, match="max_per_class: expected an int >= 1, got 0"):
+        balanced_subsample(y, 0, seed=0)
+    with pytest.raises(ValueError, match="max_per_class: expected an int >= 1, got -1"):
+        balanced_subsample(y, -1, seed=0)
+    assert balanced_subsample([0, 0, 1], 1, seed=0).tolist() in ([0, 2], [1, 2])   # labels as a list
+    with pytest.raises(TypeError, match="seed: expected an int"):
+        class_subsample(y, [0], 1, seed="a")
+    X, yy = three_classes()
+    for kwargs, pattern in [({"hull_tol": -1.0}, "hull_tol"), ({"hull_max_iter": 0}, "hull_max_iter"),
+                            ({"md_lsm_method": "fast"}, "md_lsm_method: expected one of"),
+                            ({"subset_method": "fast"}, "subset_method: expected one of"),
+                            ({"probe_test_fraction": 1.5}, r"probe_test_fraction: expected a number in \(0, 1\)")]:
+        with pytest.raises(ValueError, match=pattern):
+            layer_separability({"x": X}, yy, measures=("hull_distance",), **kwargs)
+
+
+def test_wilson_interval_checks_its_counts():
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="successes: expected at most n = 10, got 12"):
+        wilson_interval(12, 10)
+    with pytest.raises(ValueError, match="n: expected an int >= 0"):
+        wilson_interval(0, -1)
+    with pytest.raises(TypeError, match="successes: expected an int"):
+        wilson_interval(0.5, 10)

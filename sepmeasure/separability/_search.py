@@ -84,6 +84,9 @@ def certified_search(A: torch.Tensor, B: torch.Tensor, method: str, hull: HullDi
     """
     if hull is None:
         hull = hull_distance(A, B)
+    elif (hull.n_a, hull.n_b, hull.d) != (A.shape[0], B.shape[0], A.shape[1]):
+        raise ValueError(f"hull: expected the hull distance of these sets ({A.shape[0]} and {B.shape[0]} points in "
+                         f"{A.shape[1]} dimensions), got one of {hull.n_a} and {hull.n_b} points in {hull.d}")
     best, found = approx(hull)
     upper = total - max(certain_loss, _disjoint_overlaps(A, B, hull, witnesses))
     status = "bounded"

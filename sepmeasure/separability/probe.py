@@ -63,7 +63,14 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
     Returns
     -------
     (lower, upper) : tuple of float
-        The interval, clipped to [0, 1]; ``(0.0, 1.0)`` when ``n <= 0``.
+        The interval, clipped to [0, 1]; ``(0.0, 1.0)`` when ``n == 0``.
+
+    Raises
+    ------
+    TypeError
+        ``successes`` or ``n`` is not an int.
+    ValueError
+        ``n < 0``, or ``successes`` is not between 0 and ``n``; ``z`` is not a number > 0.
 
     Examples
     --------
@@ -71,7 +78,12 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
     >>> round(lo, 4), round(hi, 4)
     (0.4902, 0.9433)
     """
-    if n <= 0:
+    n = check_int(n, "n", minimum=0)
+    successes = check_int(successes, "successes", minimum=0)
+    if successes > n:
+        raise ValueError(f"successes: expected at most n = {n}, got {successes}")
+    z = check_positive(z, "z")
+    if n == 0:
         return 0.0, 1.0
     p = successes / n
     denom = 1 + z * z / n

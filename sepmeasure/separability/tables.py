@@ -15,7 +15,8 @@ import pandas as pd
 import torch
 
 from .._progress import progress_bar, wanted
-from ..validation import check_features, check_int, check_labels, describe
+from ..validation import check_choice, check_features, check_int, check_labels, check_positive, describe
+from ._search import METHODS
 from .hull import _native_many
 from .mdlsm import md_lsm
 from .pointsets import class_pairs
@@ -54,7 +55,10 @@ def balanced_subsample(labels: torch.Tensor, max_per_class: int | None, seed: in
     >>> balanced_subsample(torch.tensor([0, 0, 0, 1, 1]), 2, seed=0).tolist()
     [0, 2, 3, 4]
     """
-    y = labels.cpu()
+    y = check_labels(labels, "labels").cpu()
+    seed = check_int(seed, "seed", minimum=0)
+    if max_per_class is not None:
+        max_per_class = check_int(max_per_class, "max_per_class", minimum=1)
     if max_per_class is None:
         return torch.arange(y.shape[0])
     g = torch.Generator().manual_seed(seed)
@@ -108,6 +112,7 @@ def class_subsample(labels: torch.Tensor, classes: Sequence[int], per_class: int
     """
     y = check_labels(labels, "labels").cpu()
     per_class = check_int(per_class, "per_class", minimum=1)
+    seed = check_int(seed, "seed", minimum=0)
     if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence) or len(classes) == 0:
         raise ValueError(f"classes: expected a non-empty sequence of class labels, got {describe(classes)}")
     present = set(torch.unique(y).tolist())
@@ -273,8 +278,7 @@ def layer_separability(activations: Any, labels: Any = None,
         array of real numbers; ``labels`` is not a tensor, array or nested list of integers
         (booleans and complex numbers are refused); ``measures`` is not a sequence of names;
         ``seed`` or ``max_per_class`` is not an int (bools are refused); ``progress`` is not a bool;
-        ``probe_test_fraction`` is not a real number (reported as ``test_fraction`` when a probe
-        runs).
+        ``hull_max_iter`` is not an int; ``hull_tol`` is not a real number.
     ValueError
         ``activations`` is an empty mapping, or a layer has fewer than 2 dimensions, no rows,
         NaN/inf entries or another number of rows than ``labels``; ``labels`` is None and
@@ -282,10 +286,9 @@ def layer_separability(activations: Any, labels: Any = None,
         values; ``measures`` is empty or holds an unknown name; ``seed`` is negative or
         ``max_per_class`` < 1; ``classes`` names a label absent from ``labels``; fewer
         than 2 classes are left; ``pairs`` is not ``"ovo"``, ``"ovr"`` or a non-empty list of pairs
-        of two different present classes. The measures check their own arguments when they run:
-        an unknown ``md_lsm_method`` or ``subset_method`` (reported as ``method``) and a
-        ``probe_test_fraction`` outside (0, 1) (reported as ``test_fraction``) also raise
-        ``ValueError``.
+        of two different present classes; ``md_lsm_method`` or ``subset_method`` is not
+        ``"auto"``, ``"exact"`` or ``"approx"``; ``hull_tol`` is not > 0; ``hull_max_iter`` < 1;
+        ``probe_test_fraction`` is not a number in (0, 1).
 
     Examples
     --------
@@ -306,6 +309,13 @@ def layer_separability(activations: Any, labels: Any = None,
     wanted(progress)  # checks the argument before any work
     if max_per_class is not None:
         max_per_class = check_int(max_per_class, "max_per_class", minimum=1)
+    check_choice(md_lsm_method, "md_lsm_method", METHODS)
+    check_choice(subset_method, "subset_method", METHODS)
+    hull_tol = check_positive(hull_tol, "hull_tol")
+    hull_max_iter = check_int(hull_max_iter, "hull_max_iter", minimum=1)
+    if isinstance(probe_test_fraction, bool) or not isinstance(probe_test_fraction, (int, float)) \
+            or not 0 < probe_test_fraction < 1:
+        raise ValueError(f"probe_test_fraction: expected a number in (0, 1), got {probe_test_fraction!r}")
     dev = torch.device(device) if device is not None else None
     first = next(iter(layers))
     n_rows = layers[first].shape[0] if isinstance(layers[first], torch.Tensor) and layers[first].ndim else None
