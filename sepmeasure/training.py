@@ -133,7 +133,6 @@ def _batches(data: Dataset, batch_size: int, shuffle: bool, generator: torch.Gen
         yield batch[0].to(device), batch[1].to(device)
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, data: Any, batch_size: int = 1024, device: torch.device | str | None = None,
              loss_fn: Callable | None = None) -> dict[str, float]:
     """Mean loss and accuracy of ``model`` on ``data`` in eval mode (the mode is restored).
