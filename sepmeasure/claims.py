@@ -174,11 +174,21 @@ def claims_frame(results: Sequence[ClaimResult]) -> pd.DataFrame:
         ``statement``, ``measured``, ``effect``, ``lower``, ``upper``, ``spread``, ``confidence``,
         ``n_seeds``, ``verdict``, ``reason``, ``rule``, ``caveat``, ``per_seed``, ``details``).
 
+    Raises
+    ------
+    TypeError
+        ``results`` is not a sequence of :class:`ClaimResult`.
+
     Examples
     --------
     >>> claims_frame([]).columns[:3].tolist()
     ['claim', 'group', 'kind']
     """
+    if isinstance(results, ClaimResult) or not isinstance(results, Sequence):
+        raise TypeError(f"results: expected a sequence of ClaimResult, got {describe(results)}")
+    for i, r in enumerate(results):
+        if not isinstance(r, ClaimResult):
+            raise TypeError(f"results[{i}]: expected a ClaimResult (from Claim.evaluate), got {describe(r)}")
     frames = [r.to_frame() for r in results]
     if not frames:
         return pd.DataFrame(columns=list(_FRAME_COLUMNS))

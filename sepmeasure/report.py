@@ -242,6 +242,13 @@ def _heatmap(*, data: pd.DataFrame, x: str, y: str, value: str, sns, **_: Any) -
 # reading what a study wrote
 
 
+def _as_path(value: Any, name: str) -> Path:
+    """``Path(value)``, or a ``TypeError`` naming ``name`` for anything that is not a path."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name}: expected a directory path, got {describe(value)}")
+    return Path(value)
+
+
 def find_studies(out_dir: str | os.PathLike) -> list[Path]:
     """Study folders under ``out_dir`` (those with a ``study.json``), sorted by name.
 
@@ -254,8 +261,13 @@ def find_studies(out_dir: str | os.PathLike) -> list[Path]:
     -------
     list of Path
         The folders ``out_dir/<study>`` that hold a ``study.json``.
+
+    Raises
+    ------
+    TypeError
+        ``out_dir`` is not a path.
     """
-    root = Path(out_dir)
+    root = _as_path(out_dir, "out_dir")
     return sorted(p.parent for p in root.glob("*/study.json"))
 
 
@@ -396,6 +408,8 @@ def write_study_report(study_dir: str | os.PathLike, *, index: bool = True) -> d
 
     Raises
     ------
+    TypeError
+        ``study_dir`` is not a path.
     FileNotFoundError
         ``study_dir`` holds no ``study.json``.
     ValueError
@@ -422,7 +436,7 @@ def write_study_report(study_dir: str | os.PathLike, *, index: bool = True) -> d
     >>> sorted(write_study_report(out))
     ['figures', 'html', 'markdown']
     """
-    study_dir = Path(study_dir)
+    study_dir = _as_path(study_dir, "study_dir")
     meta = _read_meta(study_dir)
     tables_dir = study_dir / "tables"
     tables: dict[str, pd.DataFrame] = {}
@@ -623,10 +637,12 @@ def write_index(out_dir: str | os.PathLike) -> dict[str, Path]:
 
     Raises
     ------
+    TypeError
+        ``out_dir`` is not a path.
     ValueError
         The ``study.json`` of a study under ``out_dir`` is not valid JSON.
     """
-    root = Path(out_dir)
+    root = _as_path(out_dir, "out_dir")
     studies = find_studies(root)
     entries = []
     for sdir in studies:
@@ -715,9 +731,7 @@ def write_report(out_dir: str | os.PathLike = "reports") -> dict[str, Any]:
     >>> paths["index"].name, sorted(paths["studies"])
     ('index.html', ['squares'])
     """
-    if not isinstance(out_dir, (str, os.PathLike)):
-        raise TypeError(f"out_dir: expected a directory path, got {describe(out_dir)}")
-    root = Path(out_dir)
+    root = _as_path(out_dir, "out_dir")
     if root.exists() and not root.is_dir():
         raise NotADirectoryError(f"out_dir: expected a directory, got a file at {str(root)!r}")
     if not root.is_dir():

@@ -456,3 +456,10 @@ def test_permutation_p_value_matches_full_enumeration(statistic):
                    statistic=statistic, n_perm=4000)
     assert c.evaluate(table).details["p_value"] == pytest.approx(exact, abs=0.03)
     assert 0 < r.details["p_value"] <= 1
+
+
+def test_claims_frame_names_what_is_not_a_claim_result():
+    with pytest.raises(TypeError, match=r"results\[0\]: expected a ClaimResult \(from Claim.evaluate\), got"):
+        claims_frame([None])
+    with pytest.raises(TypeError, match="results: expected a sequence of ClaimResult"):
+        claims_frame(42)

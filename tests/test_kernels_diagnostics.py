@@ -234,3 +234,18 @@ def test_bad_input(device):
     ev = np.linalg.eigvalsh(k.cpu().numpy())[-2:]   # psd(4, 2): two non-zero eigenvalues
     p = ev / ev.sum()
     assert alone.value.tolist() == pytest.approx([float(np.exp(-(p * np.log(p)).sum()))], rel=1e-9)
+
+
+def test_previous_and_initial_may_be_arrays_and_elapsed_is_checked():
+    k = torch.eye(3, dtype=torch.float64) * 2
+    prev = np.eye(3)
+    rows = kernel_diagnostics(k, previous=prev, initial=prev.tolist(), elapsed=0.5).set_index("measure")["value"]
+    ref = kernel_diagnostics(k, previous=torch.from_numpy(prev), initial=torch.from_numpy(prev),
+                             elapsed=0.5).set_index("measure")["value"]
+    pd.testing.assert_series_equal(rows, ref)
+    with pytest.raises(TypeError, match="elapsed: expected a number > 0"):
+        kernel_diagnostics(k, previous=prev, elapsed="1")
+    with pytest.raises(ValueError, match="elapsed: expected a finite number > 0, got inf"):
+        kernel_diagnostics(k, previous=prev, elapsed=float("inf"))
+    with pytest.raises(ValueError, match=r"previous: expected shape \(3, 3\)"):
+        kernel_diagnostics(k, previous=np.eye(2))

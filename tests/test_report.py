@@ -244,3 +244,11 @@ def test_html_report_renders_in_headless_chromium(reports, tmp_path):
     shot = tmp_path / "index.png"
     _chromium(["--window-size=1200,900", f"--screenshot={shot}", (reports / "index.html").as_uri()], tmp_path)
     assert shot.is_file() and shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 5000
+
+
+def test_report_functions_name_a_path_that_is_not_one():
+    from sepmeasure.report import find_studies, write_index, write_study_report
+
+    for fn, name in ((find_studies, "out_dir"), (write_index, "out_dir"), (write_study_report, "study_dir")):
+        with pytest.raises(TypeError, match=f"{name}: expected a directory path, got"):
+            fn(42)

@@ -436,12 +436,14 @@ def kernel_diagnostics(kernel: torch.Tensor, y: torch.Tensor | None = None, *,
     TypeError
         ``kernel`` is not a tensor, array or nested list of real numbers; ``y`` is not a tensor,
         array or nested list, holds booleans or complex numbers (labels) or complex numbers
-        (targets).
+        (targets); ``previous`` or ``initial`` is not a tensor, array or nested list of real
+        numbers; ``elapsed`` is not a number.
     ValueError
         ``kernel`` is not a square 2-D matrix, is empty, has NaN/inf entries or is not symmetric;
         ``y`` is neither 1-D nor 2-D, or does not have one entry (row) per kernel row; labels are
-        non-integer or negative; targets have NaN/inf entries; ``previous`` or ``initial`` has
-        another shape than ``kernel``; ``elapsed`` is not an int or float > 0.
+        non-integer or negative; targets have NaN/inf entries; ``previous`` or ``initial`` is not
+        a square matrix of finite numbers of the shape of ``kernel``; ``elapsed`` is not a
+        finite number > 0.
 
     Examples
     --------
@@ -451,11 +453,18 @@ def kernel_diagnostics(kernel: torch.Tensor, y: torch.Tensor | None = None, *,
     """
     k, eps = _symmetric(kernel, "kernel")
     targets = None if y is None else _targets(y, k.shape[0], "y", k.device)
+    if previous is not None:
+        previous = _square(previous, "previous")
+    if initial is not None:
+        initial = _square(initial, "initial")
     for name, other in (("previous", previous), ("initial", initial)):
         if other is not None and tuple(other.shape) != tuple(k.shape):
             raise ValueError(f"{name}: expected shape {tuple(k.shape)} like kernel, got {describe(other)}")
-    if elapsed is not None and not (isinstance(elapsed, (int, float)) and elapsed > 0):
-        raise ValueError(f"elapsed: expected a number > 0, got {elapsed!r}")
+    if elapsed is not None:
+        if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)):
+            raise TypeError(f"elapsed: expected a number > 0, got {describe(elapsed)}")
+        if not (math.isfinite(elapsed) and elapsed > 0):
+            raise ValueError(f"elapsed: expected a finite number > 0, got {elapsed!r}")
     return pd.DataFrame(_kernel_rows(k, eps, targets, previous, initial, elapsed), columns=["measure", "value"])
 
 
