@@ -249,3 +249,11 @@ def test_previous_and_initial_may_be_arrays_and_elapsed_is_checked():
         kernel_diagnostics(k, previous=prev, elapsed=float("inf"))
     with pytest.raises(ValueError, match=r"previous: expected shape \(3, 3\)"):
         kernel_diagnostics(k, previous=np.eye(2))
+
+
+def test_kernel_velocity_names_bad_epochs():
+    k = torch.eye(3)
+    with pytest.raises(ValueError, match="epochs: expected numbers"):
+        kernel_velocity([k, k], ["a", "b"])
+    with pytest.raises(ValueError, match="epochs: expected finite times"):
+        kernel_velocity([k, k], [0.0, float("nan")])

@@ -473,3 +473,8 @@ def test_models_that_cannot_have_a_kernel(device):
     flat = nn.Sequential(nn.Linear(3, 1), nn.Flatten(0)).to(device)
     with pytest.raises(ValueError, match=r"model: expected outputs of shape \(N, K\)"):
         empirical_ntk(flat, x)
+
+
+def test_select_parameters_names_a_non_module():
+    with pytest.raises(TypeError, match="model: expected an nn.Module"):
+        select_parameters("mlp")

@@ -96,3 +96,11 @@ def test_config_is_recorded():
 def test_bad_arguments_are_named(call, exc, pattern):
     with pytest.raises(exc, match=pattern):
         call()
+
+
+def test_make_activation_checks_channels():
+    assert make_activation("prelu", channels=3).weight.shape == (3,)
+    with pytest.raises(ValueError, match="channels: expected an int >= 1, got -1"):
+        make_activation("prelu", channels=-1)
+    with pytest.raises(TypeError, match="channels: expected an int"):
+        make_activation("relu", channels=2.5)

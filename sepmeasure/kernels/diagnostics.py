@@ -376,7 +376,12 @@ def kernel_velocity(kernels: Sequence[torch.Tensor], epochs: Sequence[float]) ->
     if isinstance(epochs, (str, bytes)) or not isinstance(epochs, Sequence) or len(epochs) != len(kernels):
         raise ValueError(f"epochs: expected a sequence of {len(kernels)} numbers (one per kernel), "
                          f"got {describe(epochs)}")
-    times = [float(e) for e in epochs]
+    try:
+        times = [float(e) for e in epochs]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"epochs: expected numbers (one per kernel), got {describe(epochs)}") from exc
+    if not all(math.isfinite(t) for t in times):
+        raise ValueError(f"epochs: expected finite times, got {times}")
     if any(b <= a for a, b in zip(times[:-1], times[1:])):
         raise ValueError(f"epochs: expected strictly increasing times, got {times}")
     rows = []

@@ -91,7 +91,8 @@ def select_parameters(model: nn.Module, params: ParameterSelector = None,
     Raises
     ------
     TypeError
-        ``params`` (or an item of its list) is neither a string nor a callable.
+        ``model`` is not an ``nn.Module``; ``params`` (or an item of its list) is neither a string
+        nor a callable.
     ValueError
         When nothing is selected (the message lists the parameter names), ``params`` is an empty
         list or tuple, an exact name does not exist (with close matches suggested), or a
@@ -105,6 +106,8 @@ def select_parameters(model: nn.Module, params: ParameterSelector = None,
     >>> list(select_parameters(model, lambda n, p: p.ndim == 1))
     ['0.bias', '2.bias']
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {describe(model)}")
     canonical = dict(model.named_parameters())
     names = list(canonical)
     by_id = {id(p): n for n, p in canonical.items()}

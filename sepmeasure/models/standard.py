@@ -47,8 +47,11 @@ def make_activation(name: str, channels: int | None = None) -> nn.Module:
 
     Raises
     ------
+    TypeError
+        ``channels`` is not an int.
     ValueError
-        ``name`` is not one of ``ACTIVATIONS`` (the message calls it ``activation``).
+        ``name`` is not one of ``ACTIVATIONS`` (the message calls it ``activation``);
+        ``channels`` < 1.
 
     Examples
     --------
@@ -58,6 +61,8 @@ def make_activation(name: str, channels: int | None = None) -> nn.Module:
     torch.Size([4])
     """
     check_choice(name, "activation", ACTIVATIONS)
+    if channels is not None:
+        channels = check_int(channels, "channels", minimum=1)
     if name == "prelu":
         return nn.PReLU(num_parameters=channels or 1, init=0.25)
     return {
