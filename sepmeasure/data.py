@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .validation import check_choice, check_features, check_int, check_labels, check_positive, describe
+from .validation import check_choice, check_features, check_fraction, check_int, check_labels, check_positive, describe
 
 __all__ = ["LabeledData", "Split", "load_dataset", "load_npz", "as_dataset", "DATASETS"]
 
@@ -263,7 +263,7 @@ def load_dataset(name: str, split: str = "train", seed: int = 0, *, size: int | 
     ------
     TypeError
         ``name`` is neither a string nor a path; ``seed`` or ``size`` is not an int (bools are
-        refused); ``noise`` is not a real number; ``options`` holds an option the dataset does
+        refused); ``noise`` or ``test_fraction`` is not a real number; ``options`` holds an option the dataset does
         not take (mnist1d, digits, two_moons and xor take none).
     ValueError
         ``name`` is neither one of ``DATASETS`` nor a path ending in ``.npz`` (the message
@@ -292,9 +292,7 @@ def load_dataset(name: str, split: str = "train", seed: int = 0, *, size: int | 
         size = check_int(size, "size", minimum=4)
     if noise is not None:
         check_positive(noise, "noise", strict=False)
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float, np.floating)) \
-            or not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction: expected a number in (0, 1), got {test_fraction!r}")
+    test_fraction = check_fraction(test_fraction, "test_fraction")
     if str(name).endswith(".npz"):
         ignored = {k: v for k, v in (("size", size), ("noise", noise), *options.items()) if v is not None}
         if ignored:

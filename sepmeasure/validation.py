@@ -20,6 +20,7 @@ __all__ = [
     "check_positive",
     "check_int",
     "check_probability",
+    "check_fraction",
     "compile_name_pattern",
     "describe",
 ]
@@ -134,6 +135,14 @@ def check_probability(value: Any, name: str) -> float:
     v = check_positive(value, name, strict=False)
     if v > 1:
         raise ValueError(f"{name}: expected a number in [0, 1], got {value!r}")
+    return v
+
+
+def check_fraction(value: Any, name: str) -> float:
+    """Check a number strictly between 0 and 1 (a share of the data, say)."""
+    v = check_positive(value, name)
+    if not v < 1:
+        raise ValueError(f"{name}: expected a number in (0, 1), got {value!r}")
     return v
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..validation import check_features, check_int, check_labels, check_positive, describe
+from ..validation import check_features, check_fraction, check_int, check_labels, check_positive, describe
 from .pointsets import check_point_sets
 
 __all__ = ["ProbeResult", "fit_logistic", "linear_probe", "wilson_interval"]
@@ -228,9 +228,7 @@ def linear_probe(A: Any, B: Any, *, test_fraction: float = 0.3, seed: int = 0, l
     1.0
     """
     A, B = check_point_sets(A, B)
-    test_fraction = check_positive(test_fraction, "test_fraction")
-    if not test_fraction < 1:
-        raise ValueError(f"test_fraction: expected a number in (0, 1), got {test_fraction!r}")
+    test_fraction = check_fraction(test_fraction, "test_fraction")
     seed = check_int(seed, "seed", minimum=0)
     for name, S in (("A", A), ("B", B)):
         if S.shape[0] < 2:

@@ -15,7 +15,8 @@ import pandas as pd
 import torch
 
 from .._progress import progress_bar, wanted
-from ..validation import check_choice, check_features, check_int, check_labels, check_positive, describe
+from ..validation import (check_choice, check_features, check_fraction, check_int, check_labels, check_positive,
+                          describe)
 from ._search import METHODS
 from .hull import _native_many
 from .mdlsm import md_lsm
@@ -278,7 +279,7 @@ def layer_separability(activations: Any, labels: Any = None,
         array of real numbers; ``labels`` is not a tensor, array or nested list of integers
         (booleans and complex numbers are refused); ``measures`` is not a sequence of names;
         ``seed`` or ``max_per_class`` is not an int (bools are refused); ``progress`` is not a bool;
-        ``hull_max_iter`` is not an int; ``hull_tol`` is not a real number.
+        ``hull_max_iter`` is not an int; ``hull_tol`` or ``probe_test_fraction`` is not a real number.
     ValueError
         ``activations`` is an empty mapping, or a layer has fewer than 2 dimensions, no rows,
         NaN/inf entries or another number of rows than ``labels``; ``labels`` is None and
@@ -313,9 +314,7 @@ def layer_separability(activations: Any, labels: Any = None,
     check_choice(subset_method, "subset_method", METHODS)
     hull_tol = check_positive(hull_tol, "hull_tol")
     hull_max_iter = check_int(hull_max_iter, "hull_max_iter", minimum=1)
-    if isinstance(probe_test_fraction, bool) or not isinstance(probe_test_fraction, (int, float)) \
-            or not 0 < probe_test_fraction < 1:
-        raise ValueError(f"probe_test_fraction: expected a number in (0, 1), got {probe_test_fraction!r}")
+    probe_test_fraction = check_fraction(probe_test_fraction, "probe_test_fraction")
     dev = torch.device(device) if device is not None else None
     first = next(iter(layers))
     n_rows = layers[first].shape[0] if isinstance(layers[first], torch.Tensor) and layers[first].ndim else None
