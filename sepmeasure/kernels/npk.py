@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .._progress import progress_bar
+from .blocks import BlockGrid, TensorSink, fill_blocks, local_producer
 from ..validation import check_features, check_int, describe
 
 __all__ = ["GateOverlap", "gate_overlap", "network_gates", "neural_path_kernel"]
@@ -437,15 +437,15 @@ def neural_path_kernel(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | No
     row_bytes = x1.element_size() * 4 * (x1[0].numel() + sum(g[0].numel() for g in g1))
     size = block_size or _pair_block_rows(row_bytes)
     n1, n2 = x1.shape[0], xs.shape[0]
-    result = torch.empty(n1, n2, dtype=x1.dtype, device=x1.device)
-    pairs = [(i, j) for i in range(0, n1, size) for j in range(0, n2, size) if not symmetric or j >= i]
-    for i, j in progress_bar(pairs, progress=len(pairs) > 1, desc="npk", unit="block", leave=False):
-        block = _npk_block(source, x1[i:i + size], [g[i:i + size] for g in g1],
-                           xs[j:j + size], [g[j:j + size] for g in g2])
-        result[i:i + size, j:j + size] = block
-        if symmetric and i != j:
-            result[j:j + size, i:i + size] = block.T
-    return result
+    grid = BlockGrid(n1, n2, size, symmetric)
+    sink = TensorSink(grid, torch.empty(n1, n2, dtype=x1.dtype, device=x1.device))
+
+    def block(i: int, j: int) -> torch.Tensor:
+        a, b = grid.rows(i, n1), grid.rows(j, n2)
+        return _npk_block(source, x1[a], [g[a] for g in g1], xs[b], [g[b] for g in g2])
+
+    fill_blocks(grid, sink, local_producer(block), desc="npk")
+    return sink.result
 
 
 # ----------------------------------------------------------------------------

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp, vjp, vmap
 
-from .._progress import progress_bar
+from .blocks import BlockGrid, TensorSink, fill_blocks, local_producer, swap_block
 from ..validation import check_choice, check_features, check_int, compile_name_pattern, describe
 
 __all__ = ["NTK_METHODS", "NTK_OUTPUTS", "ParameterSelector", "empirical_ntk", "select_parameters"]
@@ -795,11 +795,6 @@ def _auto_block_size(plan: _Plan, n_rows: int) -> int:
     return max(1, min(n_rows, int(b)))
 
 
-def _swap(block: torch.Tensor, output: str) -> torch.Tensor:
-    """Θ(x_b, x_a) from Θ(x_a, x_b): swap the sample axes and the output axes."""
-    return block.permute(1, 0, 3, 2) if output == "full" else block.T
-
-
 # ----------------------------------------------------------------------------
 # Public entry point
 # ----------------------------------------------------------------------------
@@ -920,20 +915,16 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = 
     k = problem.n_outputs
     shape = (n1, n2, k, k) if output == "full" else (n1, n2)
     ref = next(iter(problem.params.values()))
-    result = torch.empty(shape, dtype=ref.dtype, device=ref.device)
-    starts1 = list(range(0, n1, size))
-    pairs = [(i, j) for i in starts1 for j in (starts1 if symmetric else range(0, n2, size))
-             if not symmetric or j >= i]
-    bar = progress_bar(pairs, progress=len(pairs) > 1, desc=f"ntk ({method})", unit="block", leave=False)
-    for i, j in bar:
-        xa = x1[i:i + size]
+    grid = BlockGrid(n1, n2, size, symmetric)
+    sink = TensorSink(grid, torch.empty(shape, dtype=ref.dtype, device=ref.device))
+    x2 = x1 if symmetric else x2
+
+    def block(i: int, j: int) -> torch.Tensor:
+        xa = x1[grid.rows(i, n1)]
         if symmetric and i == j:
-            block = builder.block(problem, plan, xa, None, output)
-            block = (block + _swap(block, output)) / 2
-        else:
-            xb = (x1 if symmetric else x2)[j:j + size]
-            block = builder.block(problem, plan, xa, xb, output)
-        result[i:i + size, j:j + size] = block
-        if symmetric and i != j:
-            result[j:j + size, i:i + size] = _swap(block, output)
-    return result
+            b = builder.block(problem, plan, xa, None, output)
+            return (b + swap_block(b)) / 2
+        return builder.block(problem, plan, xa, x2[grid.rows(j, n2)], output)
+
+    fill_blocks(grid, sink, local_producer(block), desc=f"ntk ({method})")
+    return sink.result
