@@ -117,7 +117,7 @@ def test_value_forward_by_hand_mlp(device):
         torch.testing.assert_close(got, 1 / (1 + torch.exp(-2.0 * q)), rtol=0, atol=1e-12)
 
 
-def test_dlgn_sf_value_network_ignores_the_input_values(device):
+def test_ones_value_input_ignores_the_input_values(device):
     m = DLGN(8, [5, 5], 3, value_input="ones").to(device)
     x1, x2 = torch.randn(4, 8, device=device), torch.randn(4, 8, device=device)
     g = m.gates(x1)
@@ -320,7 +320,8 @@ def test_constructor_and_call_bad_input():
     lambda: DLGN(40, [32, 32], 10),
     lambda: DLGN(1, [16, 16], 10, arch="cnn", value_input="ones"),
     lambda: DGN(1, [8, 8], 10, arch="cnn"),
-], ids=["dgn", "dlgn", "dlgn_sf_cnn", "dgn_cnn"])
+    lambda: DLGN(40, [32, 32], 10, gating="shallow"),
+], ids=["dgn", "dlgn", "dlgn_ones_cnn", "dgn_cnn", "dlgn_shallow"])
 def test_gated_models_train_on_mnist1d(make_model, mnist1d, device):
     model = make_model()
     history = fit(model, mnist1d.train, mnist1d.test, epochs=12, optimizer="adam", lr=1e-2, batch_size=64,
@@ -339,3 +340,115 @@ def test_decoupled_learning_trains_the_value_network_under_fixed_gates(mnist1d, 
     acc = evaluate(dgn, mnist1d.test)["accuracy"]
     assert acc >= 0.3 and acc > chance_level + 0.1
     assert all(torch.equal(a, b) for a, b in zip(gating_before, dgn.gating.parameters()))
+
+
+# ----------------------------------------------------------------------------- shallow gating (DLGN-SF)
+def _hand_gates(qs, gate, beta):
+    return [(q > 0).double() if gate == "hard" else 1 / (1 + torch.exp(-beta * q)) for q in qs]
+
+
+@pytest.mark.parametrize("gate", ["hard", "soft"])
+def test_shallow_gates_are_functions_of_their_own_layer_of_the_input(gate, device):
+    m = DLGN(5, [4, 3, 6], 2, gating="shallow", gate=gate, beta=3.0).to(device, torch.float64)
+    assert [layer.in_features for layer in m.gating.layers] == [5, 5, 5]
+    x = torch.randn(50, 5, device=device, dtype=torch.float64)
+    # hand-written: q_l = W_l x + b_l for every l, read off the layer's own weights
+    qs = [x @ layer.weight.T + layer.bias for layer in m.gating.layers]
+    for got, want in zip(m.gates(x), _hand_gates(qs, gate, 3.0)):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    before = [g.clone() for g in m.gates(x)]
+    for changed in range(3):
+        with torch.no_grad():
+            m.gating.layers[changed].weight.add_(torch.randn_like(m.gating.layers[changed].weight))
+        after = m.gates(x)
+        for l in range(3):  # only the changed layer's gates move
+            assert torch.equal(after[l], before[l]) == (l != changed), (changed, l)
+        before = [g.clone() for g in after]
+
+
+def test_deep_gates_do_depend_on_the_earlier_gating_layers(device):
+    """The control of the test above: in the deep DLGN, changing layer 0 moves every later gate."""
+    m = DLGN(5, [4, 3], 2, gate="soft").to(device, torch.float64)
+    x = torch.randn(20, 5, device=device, dtype=torch.float64)
+    before = m.gates(x)
+    with torch.no_grad():
+        m.gating.layers[0].weight.add_(1.0)
+    assert all(not torch.equal(a, b) for a, b in zip(before, m.gates(x)))
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "circular"])
+def test_shallow_convolutional_gates_by_hand(padding_mode, device):
+    m = DLGN(2, [3, 4], 2, arch="cnn", gating="shallow", gate="hard", padding_mode=padding_mode,
+             kernel_size=3).to(device, torch.float64)
+    x = torch.randn(7, 2, 11, device=device, dtype=torch.float64)
+    pad = "circular" if padding_mode == "circular" else "constant"
+    xp = torch.nn.functional.pad(x, (1, 1), mode=pad)
+    for layer, g in zip(m.gating.layers, m.gates(x)):
+        q = torch.nn.functional.conv1d(xp, layer.weight, layer.bias)
+        assert g.shape == (7, layer.out_channels, 11)
+        assert torch.equal(g, (q > 0).double())
+    assert torch.equal(m(x), m.value_forward(x, m.gates(x)))
+    hs = effective_halfspaces(m, input_shape=(2, 11))
+    assert hs.method == "basis_images"
+    for q, (a, c) in zip(m.gating_pre_activations(x), zip(hs.normals, hs.offsets)):
+        torch.testing.assert_close(torch.einsum("cthw,nhw->nct", a, x) + c, q, rtol=1e-10, atol=1e-12)
+
+
+def test_shallow_halfspaces_are_the_layer_weights(device):
+    m = DLGN(4, [3, 5], 2, gating="shallow").to(device)
+    hs = effective_halfspaces(m)
+    assert hs.method == "layer_weights"
+    for layer, a, c in zip(m.gating.layers, hs.normals, hs.offsets):
+        torch.testing.assert_close(a, layer.weight, rtol=0, atol=1e-6)
+        torch.testing.assert_close(c, layer.bias, rtol=0, atol=1e-6)
+    x = torch.randn(9, 4, device=device)
+    for a, b in zip(hs.pre_activations(x), m.gating_pre_activations(x)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def _enumerated_npk(x1, x2, gates1, gates2, out_features, value_ones=False):
+    """NPK(x, x') = sum over paths p = (i_0, i_1, ..., i_L, k) of phi_x(p) phi_x'(p),
+    phi_x(p) = x_{i_0} * prod_l G_l(x)_{i_l}, written as an explicit loop over every path."""
+    import itertools
+    sizes = [x1.shape[1]] + [g.shape[1] for g in gates1]
+    k = torch.zeros(x1.shape[0], x2.shape[0], dtype=torch.float64)
+    for path in itertools.product(*(range(s) for s in sizes)):
+        f1 = torch.ones(x1.shape[0], dtype=torch.float64) if value_ones else x1[:, path[0]].clone()
+        f2 = torch.ones(x2.shape[0], dtype=torch.float64) if value_ones else x2[:, path[0]].clone()
+        for l, unit in enumerate(path[1:]):
+            f1 = f1 * gates1[l][:, unit]
+            f2 = f2 * gates2[l][:, unit]
+        k += out_features * torch.outer(f1, f2)  # one path per output unit, each with the same features
+    return k
+
+
+@pytest.mark.parametrize("gate", ["hard", "soft"])
+@pytest.mark.parametrize("value_input", ["x", "ones"])
+def test_npk_of_a_shallow_dlgn_against_path_enumeration(gate, value_input):
+    from sepmeasure.kernels import neural_path_kernel
+    torch.manual_seed(0)
+    m = DLGN(3, [2, 3, 2], 2, gating="shallow", gate=gate, beta=2.0, value_input=value_input).double()
+    x1 = torch.randn(5, 3, dtype=torch.float64)
+    x2 = torch.randn(4, 3, dtype=torch.float64)
+
+    def gates_by_hand(x):
+        return _hand_gates([x @ layer.weight.T + layer.bias for layer in m.gating.layers], gate, 2.0)
+
+    want = _enumerated_npk(x1, x2, gates_by_hand(x1), gates_by_hand(x2), 2, value_ones=value_input == "ones")
+    got = neural_path_kernel(m, x1, x2)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    # the kernel is that of the shallow gates: a deep DLGN with the same weights differs
+    deep = DLGN(3, [2, 3, 2], 2, gate=gate, beta=2.0, value_input=value_input).double()
+    with torch.no_grad():
+        deep.gating.layers[0].load_state_dict(m.gating.layers[0].state_dict())
+    assert not torch.allclose(neural_path_kernel(deep, x1, x2), want)
+
+
+def test_shallow_gating_bad_input():
+    with pytest.raises(ValueError, match="gating: 'shallow'.*DLGN"):
+        DGN(3, [2], 2, gating="shallow")
+    with pytest.raises(ValueError, match="gating"):
+        DLGN(3, [2], 2, gating="wide")
+    with pytest.raises(ValueError, match="stride: expected 1 with gating='shallow'"):
+        DLGN(1, [2, 2], 2, arch="cnn", gating="shallow", stride=2)
+    assert DLGN(3, [2], 2, gating="shallow").config["gating"] == "shallow"

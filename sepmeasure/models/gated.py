@@ -12,9 +12,12 @@ units using duality", arXiv 2110.03403; Yadav, Ramaswamy & Lakshminarayanan 2024
 
 In a :class:`DGN` the gating network is a ReLU network, ``q_l = W^g_l relu(q_{l-1}) + b^g_l``
 with ``relu(q_0) = x``; in a :class:`DLGN` it is deep *linear*, ``q_l = W^g_l q_{l-1} + b^g_l``
-with ``q_0 = x``, so every gate is the indicator of a half-space of the input
-(:func:`effective_halfspaces`). ``value_input="ones"`` feeds the value network a constant
-input (DLGN-SF): all information about ``x`` then flows through the gates.
+with ``q_0 = x`` (``gating="deep"``), or *shallow*, ``q_l = W^g_l x + b^g_l`` for every ``l``
+(``gating="shallow"``: the DLGN with shallow features, DLGN-SF, of Lakshminarayanan & Singh
+2021), so every gate is the indicator of a half-space of the input
+(:func:`effective_halfspaces`). Independently of the gating, ``value_input="ones"`` feeds the
+value network a constant input: all information about ``x`` then flows through the gates
+(a variant of this package, not the papers' DLGN-SF).
 
 Gate protocol (used by the neural path kernel): every gated model implements
 
@@ -47,6 +50,7 @@ __all__ = ["DGN", "DLGN", "GatedNetwork", "BetaAnnealing", "EffectiveHalfSpaces"
 GATES = ("hard", "soft")
 ARCHS = ("mlp", "cnn")
 VALUE_INPUTS = ("x", "ones")
+GATINGS = ("deep", "shallow")
 
 
 def _check_beta(beta: float, name: str = "beta") -> float:
@@ -61,18 +65,23 @@ def _check_beta(beta: float, name: str = "beta") -> float:
 
 
 class _Stack(nn.Module):
-    """The affine layers of one side (gating or value) of a gated network."""
+    """The affine layers of one side (gating or value) of a gated network.
+
+    ``shallow=True``: every layer reads the network's input (``sizes[0]`` features), as the
+    gating network of a DLGN with shallow features does.
+    """
 
     def __init__(self, arch: str, sizes: list[int], dim: int, kernel_size: int, stride: int, bias: bool,
-                 padding_mode: str) -> None:
+                 padding_mode: str, shallow: bool = False) -> None:
         super().__init__()
+        fan_in = [sizes[0]] * (len(sizes) - 1) if shallow else sizes[:-1]
         if arch == "mlp":
-            self.layers = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in zip(sizes[:-1], sizes[1:]))
+            self.layers = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in zip(fan_in, sizes[1:]))
         else:
             self.layers = nn.ModuleList(
                 _conv(dim)(a, b, kernel_size, stride=stride, padding=kernel_size // 2, bias=bias,
                            padding_mode=padding_mode)
-                for a, b in zip(sizes[:-1], sizes[1:]))
+                for a, b in zip(fan_in, sizes[1:]))
 
 
 class _ValueNetwork(_Stack):
@@ -101,9 +110,9 @@ class GatedNetwork(nn.Module):
     model_name: str = "GatedNetwork"
 
     def __init__(self, in_features: int, widths: Sequence[int], out_features: int, arch: str = "mlp", *,
-                 gate: str = "soft", beta: float = 4.0, value_input: str = "x", bias: bool = True, dim: int = 1,
-                 kernel_size: int = 3, stride: int = 1, padding_mode: str = "zeros", freeze_gating: bool = False,
-                 freeze_value: bool = False) -> None:
+                 gate: str = "soft", beta: float = 4.0, value_input: str = "x", gating: str = "deep",
+                 bias: bool = True, dim: int = 1, kernel_size: int = 3, stride: int = 1, padding_mode: str = "zeros",
+                 freeze_gating: bool = False, freeze_value: bool = False) -> None:
         super().__init__()
         check_choice(arch, "arch", ARCHS)
         in_features = check_int(in_features, "in_features", minimum=1)
@@ -114,21 +123,31 @@ class GatedNetwork(nn.Module):
         check_choice(gate, "gate", GATES)
         beta = _check_beta(beta)
         check_choice(value_input, "value_input", VALUE_INPUTS)
+        check_choice(gating, "gating", GATINGS)
+        if gating == "shallow" and self.gating_kind != "linear":
+            raise ValueError(f"gating: 'shallow' (every gating layer reads the input) is defined for a DLGN, got it "
+                             f"for a {self.model_name}, whose gating network is a ReLU chain; use DLGN(..., "
+                             f"gating='shallow')")
         check_choice(dim, "dim", (1, 2))
         kernel_size = check_int(kernel_size, "kernel_size", minimum=1)
         stride = check_int(stride, "stride", minimum=1)
+        if gating == "shallow" and arch == "cnn" and stride != 1:
+            raise ValueError(f"stride: expected 1 with gating='shallow' and arch='cnn' (each gating convolution "
+                             f"reads the input, so its gates match the value layer's positions only without "
+                             f"striding), got {stride}")
         check_choice(padding_mode, "padding_mode", ("zeros", "circular", "reflect", "replicate"))
         self.arch = arch
         self.dim = dim
         self.in_features = in_features
         self.value_input = value_input
+        self.gating_structure = gating
         self._gate = gate
         self.config = {"model": self.model_name, "arch": arch, "in_features": in_features, "widths": list(widths),
                        "out_features": out_features, "gate": gate, "beta": beta, "value_input": value_input,
-                       "bias": bias, "dim": dim, "kernel_size": kernel_size, "stride": stride,
+                       "gating": gating, "bias": bias, "dim": dim, "kernel_size": kernel_size, "stride": stride,
                        "padding_mode": padding_mode}
         sizes = [in_features, *widths]
-        self.gating = _Stack(arch, sizes, dim, kernel_size, stride, bias, padding_mode)
+        self.gating = _Stack(arch, sizes, dim, kernel_size, stride, bias, padding_mode, shallow=gating == "shallow")
         self.value = _ValueNetwork(arch, sizes, out_features, dim, kernel_size, stride, bias, padding_mode)
         self.register_buffer("beta_", torch.tensor(beta))
         self.freeze_gating(freeze_gating)
@@ -198,9 +217,15 @@ class GatedNetwork(nn.Module):
         return torch.relu(q) if self.gating_kind == "relu" else q
 
     def gating_pre_activations(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The gating network's pre-activations ``q_1, ..., q_L`` (one tensor per gated layer)."""
-        h = self._prepare(x)
-        out = []
+        """The gating network's pre-activations ``q_1, ..., q_L`` (one tensor per gated layer).
+
+        ``gating="deep"``: ``q_l = W_l s(q_{l-1}) + b_l`` with ``s(q_0) = x`` (``s`` the ReLU of a
+        DGN, the identity of a DLGN); ``gating="shallow"``: ``q_l = W_l x + b_l`` for every ``l``.
+        """
+        x = self._prepare(x)
+        if self.gating_structure == "shallow":
+            return [layer(x) for layer in self.gating.layers]
+        h, out = x, []
         for layer in self.gating.layers:
             q = layer(h)
             out.append(q)
@@ -279,6 +304,10 @@ class DGN(GatedNetwork):
         anneal it with :class:`BetaAnnealing`).
     value_input : {"x", "ones"}
         What the value network sees: the input, or a constant input of ones.
+    gating : {"deep", "shallow"}
+        ``"deep"``: the gating layers form a chain (layer ``l`` reads layer ``l-1``);
+        ``"shallow"`` (:class:`DLGN` only): every gating layer reads the input. Convolutional
+        shallow gating needs ``stride=1``.
     bias, dim, kernel_size, stride, padding_mode
         As in :class:`sepmeasure.models.MLP` / :class:`sepmeasure.models.CNN` (both sides).
     freeze_gating, freeze_value : bool
@@ -362,11 +391,15 @@ class DLGN(GatedNetwork):
     """Deep linearly gated network: a deep *linear* gating network gates a value network.
 
     Lakshminarayanan & Singh 2021 (arXiv 2110.03403) and Yadav, Ramaswamy & Lakshminarayanan
-    2024: ``q_0 = x``, ``q_l = W^g_l q_{l-1} + b^g_l`` (no non-linearity), gates
-    ``G_l = 1[q_l > 0]`` or ``sigmoid(beta q_l)``, value network ``h_l = (W_l h_{l-1} + b_l) * G_l``.
-    Every ``q_l`` is an affine function of ``x``, so each hard gate is the indicator of a
-    half-space of the input (:func:`effective_halfspaces`). With ``value_input="ones"``
-    (DLGN-SF) the value network's input is a constant.
+    2024: ``q_0 = x``, ``q_l = W^g_l q_{l-1} + b^g_l`` (no non-linearity, ``gating="deep"``), or
+    the DLGN with shallow features (DLGN-SF, ``gating="shallow"``): ``q_l = W^g_l x + b^g_l``
+    for every ``l``, each gating layer's own linear map of the input, so its gates carry no
+    depth-induced alignment at initialisation. Gates ``G_l = 1[q_l > 0]`` or
+    ``sigmoid(beta q_l)``, value network ``h_l = (W_l h_{l-1} + b_l) * G_l``. Every ``q_l`` is an
+    affine function of ``x``, so each hard gate is the indicator of a half-space of the input
+    (:func:`effective_halfspaces`). With ``value_input="ones"`` the value network's input is a
+    constant (all information about ``x`` flows through the gates); this is a separate option,
+    not the papers' DLGN-SF.
 
     Parameters are those of :class:`DGN`.
 
@@ -378,6 +411,9 @@ class DLGN(GatedNetwork):
     >>> hs = effective_halfspaces(m)
     >>> hs.normals[1].shape, hs.offsets[1].shape
     (torch.Size([16, 40]), torch.Size([16]))
+    >>> sf = DLGN(40, [16, 16], 10, gating="shallow")
+    >>> [layer.in_features for layer in sf.gating.layers]
+    [40, 40]
     """
 
     gating_kind = "linear"
@@ -399,9 +435,10 @@ class EffectiveHalfSpaces:
     input_shape : tuple of int
         Shape of one (flattened / channel-axis) input sample.
     method : str
-        ``"weight_products"`` (MLP: ``W_l ... W_1`` and ``b_l + W_l b_{l-1} + ...``) or
-        ``"basis_images"`` (CNN: the bias-free convolution stack applied to the standard basis,
-        which is the composed linear map).
+        ``"weight_products"`` (MLP: ``W_l ... W_1`` and ``b_l + W_l b_{l-1} + ...``),
+        ``"layer_weights"`` (MLP with shallow gating: ``W_l`` and ``b_l``) or
+        ``"basis_images"`` (CNN: the bias-free convolution stack, or with shallow gating the
+        layer's own convolution, applied to the standard basis, which is the composed linear map).
     """
 
     normals: list[torch.Tensor]
@@ -443,7 +480,7 @@ def effective_halfspaces(model: DLGN, input_shape: Sequence[int] | None = None) 
 
     ``q_l = A_l x + c_l``,  ``A_l = W_l W_{l-1} ... W_1``,  ``c_l = W_l c_{l-1} + b_l`` (``c_0 = 0``),
 
-    so the gate of unit ``i`` of layer ``l`` is on exactly on the half-space
+    (with shallow gating, ``q_l = W_l x + b_l``: ``A_l = W_l``, ``c_l = b_l``), so the gate of unit ``i`` of layer ``l`` is on exactly on the half-space
     ``{x : <A_l[i], x> + c_l[i] > 0}``. The products are formed in float64 and returned in the
     model's dtype, on its device.
 
@@ -459,7 +496,8 @@ def effective_halfspaces(model: DLGN, input_shape: Sequence[int] | None = None) 
     -------
     EffectiveHalfSpaces
         One normal and one offset per gated layer (see its attributes for the shapes);
-        ``method`` is ``"weight_products"`` (MLP) or ``"basis_images"`` (CNN).
+        ``method`` is ``"weight_products"`` (MLP), ``"layer_weights"`` (MLP, shallow gating) or
+        ``"basis_images"`` (CNN).
 
     Raises
     ------
@@ -482,17 +520,19 @@ def effective_halfspaces(model: DLGN, input_shape: Sequence[int] | None = None) 
         raise TypeError(f"model: expected a DLGN (a deep *linear* gating network), got {describe(model)}")
     ref = next(model.gating.parameters())
     dtype, device = ref.dtype, ref.device
+    shallow = model.gating_structure == "shallow"
     if model.arch == "mlp":
         a = torch.eye(model.in_features, dtype=torch.float64, device=device)
         c = torch.zeros(model.in_features, dtype=torch.float64, device=device)
         normals, offsets = [], []
         for layer in model.gating.layers:
             w = layer.weight.to(torch.float64)
-            a = w @ a
-            c = w @ c + (layer.bias.to(torch.float64) if layer.bias is not None else 0.0)
+            bias = layer.bias.to(torch.float64) if layer.bias is not None else torch.zeros_like(w[:, 0])
+            a, c = (w, bias) if shallow else (w @ a, w @ c + bias)
             normals.append(a.to(dtype))
             offsets.append(c.to(dtype))
-        return EffectiveHalfSpaces(normals, offsets, (model.in_features,), "weight_products")
+        method = "layer_weights" if shallow else "weight_products"
+        return EffectiveHalfSpaces(normals, offsets, (model.in_features,), method)
     if input_shape is None:
         raise ValueError("input_shape: expected the shape of one input sample, e.g. (1, 40), for a convolutional "
                          "DLGN, got None")
@@ -508,6 +548,8 @@ def effective_halfspaces(model: DLGN, input_shape: Sequence[int] | None = None) 
     for layer in model.gating.layers:
         w = layer.weight.to(torch.float64)
         bias = layer.bias.to(torch.float64) if layer.bias is not None else None
+        if shallow:  # every layer reads the input
+            h, h0 = basis, zero
         h = layer._conv_forward(h, w, None)  # the linear part: applied to the standard basis
         h0 = layer._conv_forward(h0, w, bias)  # the affine part at x = 0
         gate_shape = h.shape[1:]
