@@ -1,4 +1,4 @@
-# sepmeasure: `make report` runs every study in quick mode and writes reports/;
+# sepmeasure: `make report` runs every study in quick mode and writes reports/quick/;
 # `make test` runs the test suite. Both install into .venv first if needed.
 PYTHON ?= python3
 VENV ?= .venv
@@ -21,9 +21,12 @@ $(STAMP): pyproject.toml
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
+# The quick run goes to reports/quick/ (ignored by git); its index compares each verdict with the
+# committed full-mode reference in reports/ (regenerate that with `sepmeasure study all --full --out reports`).
+REPORT_OUT ?= reports/quick
 report: install
-	$(VENV)/bin/sepmeasure study all --quick
-	$(VENV)/bin/sepmeasure report
+	$(VENV)/bin/sepmeasure study all --quick --out $(REPORT_OUT)
+	$(VENV)/bin/sepmeasure report $(REPORT_OUT) --reference reports
 
 bench: install
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -5,7 +5,7 @@
     sepmeasure study <name>|all [--quick|--full] [--seeds N] [--out DIR]
                      [--executor local|processes|dask] [--scheduler ADDR] [--workers N]
                      [--device DEV] [--threads N] [--studies DIR] [--report] [--no-progress]
-    sepmeasure report [DIR]
+    sepmeasure report [DIR] [--reference DIR]
     sepmeasure list [--studies DIR]
 
 Studies are scripts ``s<N>_<name>.py`` in a ``studies/`` folder (``--studies DIR``; default
@@ -193,6 +193,8 @@ def _parser() -> argparse.ArgumentParser:
     p_study.add_argument("--report", action="store_true", help="also write the reports")
     p_report = sub.add_parser("report", help="write the reports of finished studies")
     p_report.add_argument("dir", nargs="?", default="reports", help="output folder of the studies (default: reports)")
+    p_report.add_argument("--reference", default=None, metavar="DIR",
+                          help="a reference run's output folder: the index compares each verdict with it")
     p_list = sub.add_parser("list", help="list the study scripts found")
     p_list.add_argument("--studies", default=None, help="folder of study scripts (default: ./studies)")
     return parser
@@ -270,7 +272,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
     try:
-        written = write_report(args.dir)
+        written = write_report(args.dir, reference=args.reference)
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise CommandError(str(exc)) from None
     for name, paths in written["studies"].items():

@@ -34,7 +34,7 @@ from .storage import atomic_write_bytes, atomic_write_text
 from .validation import check_choice, describe
 
 __all__ = ["FigureSpec", "FIGURE_KINDS", "render_figure", "write_study_report", "write_index", "write_report",
-           "find_studies"]
+           "find_studies", "compare_verdict"]
 
 FIGURE_KINDS: tuple[str, ...] = ("line", "scatter", "bar", "point", "box", "heatmap")
 _PREVIEW_ROWS = 12
@@ -621,7 +621,45 @@ def _study_html(meta, tables, claims, figures) -> str:
 # the index
 
 
-def write_index(out_dir: str | os.PathLike) -> dict[str, Path]:
+def _reference_verdicts(reference: Path) -> dict[str, dict[str, str]]:
+    """``{study: {claim: overall verdict}}`` of the study results under ``reference``."""
+    out: dict[str, dict[str, str]] = {}
+    for sdir in find_studies(reference):
+        cpath = sdir / "tables" / "claims.csv"
+        claims = _overall(_read_table(cpath)) if cpath.is_file() else pd.DataFrame()
+        out[sdir.name] = ({str(c): str(v) for c, v in zip(claims["claim"], claims["verdict"])}
+                          if not claims.empty else {})
+    return out
+
+
+def compare_verdict(verdict: str, reference: str | None) -> str:
+    """How a verdict compares with the reference run's verdict of the same claim.
+
+    Parameters
+    ----------
+    verdict : str
+        The verdict of this run.
+    reference : str or None
+        The reference run's verdict of the same claim; None when the reference lacks it.
+
+    Returns
+    -------
+    str
+        ``"same"``, ``"differs"`` or ``"no reference"``.
+
+    Examples
+    --------
+    >>> compare_verdict("supported", "supported"), compare_verdict("supported", "inconclusive")
+    ('same', 'differs')
+    >>> compare_verdict("supported", None)
+    'no reference'
+    """
+    if reference is None:
+        return "no reference"
+    return "same" if verdict == reference else "differs"
+
+
+def write_index(out_dir: str | os.PathLike, *, reference: str | os.PathLike | None = None) -> dict[str, Path]:
     """Write ``index.md`` and ``index.html`` listing every study under ``out_dir`` with its verdicts.
 
     Parameters
@@ -629,6 +667,11 @@ def write_index(out_dir: str | os.PathLike) -> dict[str, Path]:
     out_dir : path
         The output folder of ``sepmeasure study`` (created if missing; the index then lists no
         study).
+    reference : path, optional
+        The output folder of a reference run (for ``make report``'s quick run in
+        ``reports/quick``: the committed full-mode run in ``reports``). The index then shows, for
+        every claim, the reference verdict and whether this run's verdict is the same, and links
+        to the reference index.
 
     Returns
     -------
@@ -641,8 +684,17 @@ def write_index(out_dir: str | os.PathLike) -> dict[str, Path]:
         ``out_dir`` is not a path.
     ValueError
         The ``study.json`` of a study under ``out_dir`` is not valid JSON.
+    FileNotFoundError
+        ``reference`` is given but holds no study results.
     """
     root = _as_path(out_dir, "out_dir")
+    ref_dir = None if reference is None else _as_path(reference, "reference")
+    ref = None
+    if ref_dir is not None:
+        ref = _reference_verdicts(ref_dir)
+        if not ref:
+            raise FileNotFoundError(f"reference: expected study results (<study>/study.json) under "
+                                    f"{str(ref_dir)!r}, found none")
     studies = find_studies(root)
     entries = []
     for sdir in studies:
@@ -655,6 +707,18 @@ def write_index(out_dir: str | os.PathLike) -> dict[str, Path]:
           "in the study script.", ""]
     body = ["<h1>Studies</h1>", "<p>Each study reproduces claims of a paper; verdicts are decided by the rule "
             "written in the study script.</p>"]
+    if ref is not None:
+        link = Path(os.path.relpath(ref_dir.resolve(), root.resolve())).as_posix()
+        n_same = sum(compare_verdict(str(v), ref.get(sdir.name, {}).get(str(c))) == "same"
+                     for sdir, _, claims in entries if not claims.empty
+                     for c, v in zip(claims["claim"], claims["verdict"]))
+        n_all = sum(len(claims) for _, _, claims in entries)
+        text = (f"Compared with the reference run in `{link}`: {n_same} of {n_all} verdicts are the same "
+                f"(the column *compared* says which).")
+        md += [text.replace(f"`{link}`", f"[`{link}`]({link}/index.md)"), ""]
+        body.append("<p>" + html.escape(text).replace(
+            html.escape(f"`{link}`"), f'<a href="{html.escape(link)}/index.html"><code>{html.escape(link)}</code></a>')
+            .replace("*compared*", "<em>compared</em>") + "</p>")
     if not entries:
         md += ["_No study results yet: run `sepmeasure study all --quick`._"]
         body.append("<p><em>No study results yet: run <code>sepmeasure study all --quick</code>.</em></p>")
@@ -679,24 +743,35 @@ def write_index(out_dir: str | os.PathLike) -> dict[str, Path]:
                     f"<br><strong>Mode:</strong> {html.escape(str(meta.get('mode', '')))}, seeds "
                     f"{html.escape(str(meta.get('seeds', [])))}; {html.escape(timing)}</p>")
         if not claims.empty:
-            md += [_md_table(pd.DataFrame({"claim": claims["claim"], "statement": claims["statement"],
-                                           "verdict": claims["verdict"]})), ""]
-            rows = "".join(f"<tr><td>{html.escape(str(r['claim']))}</td><td>{html.escape(str(r['statement']))}</td>"
-                           f"<td>{_badge(str(r['verdict']))}</td></tr>" for _, r in claims.iterrows())
-            body.append('<div class="scroll"><table><thead><tr><th>claim</th><th>statement</th><th>verdict</th>'
+            table = pd.DataFrame({"claim": claims["claim"], "statement": claims["statement"],
+                                  "verdict": claims["verdict"]})
+            if ref is not None:
+                theirs = [ref.get(sdir.name, {}).get(str(c)) for c in claims["claim"]]
+                table["reference verdict"] = [t if t is not None else "" for t in theirs]
+                table["compared"] = [compare_verdict(str(v), t) for v, t in zip(claims["verdict"], theirs)]
+            md += [_md_table(table), ""]
+            rows = "".join("<tr>" + "".join(
+                f"<td>{_badge(str(v)) if k in ('verdict', 'reference verdict') and v else html.escape(str(v))}</td>"
+                for k, v in r.items()) + "</tr>" for _, r in table.iterrows())
+            head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
+            body.append(f'<div class="scroll"><table><thead><tr>{head}'
                         f"</tr></thead><tbody>{rows}</tbody></table></div>")
     md_path = atomic_write_text(root / "index.md", "\n".join(md) + "\n")
     html_path = atomic_write_text(root / "index.html", _page("Studies", "\n".join(body)))
     return {"html": html_path, "markdown": md_path}
 
 
-def write_report(out_dir: str | os.PathLike = "reports") -> dict[str, Any]:
+def write_report(out_dir: str | os.PathLike = "reports", *,
+                 reference: str | os.PathLike | None = None) -> dict[str, Any]:
     """Write the report of every study under ``out_dir`` and the index.
 
     Parameters
     ----------
     out_dir : path
         The output folder of ``sepmeasure study`` (default ``reports``).
+    reference : path, optional
+        A reference run's output folder: the index compares each verdict with the reference
+        verdict (see :func:`write_index`).
 
     Returns
     -------
@@ -741,6 +816,9 @@ def write_report(out_dir: str | os.PathLike = "reports") -> dict[str, Any]:
     if not studies:
         raise FileNotFoundError(f"out_dir: expected study results (<study>/study.json) under {str(root)!r}, found "
                                 f"none; run `sepmeasure study all --quick` first")
+    if reference is not None and not find_studies(_as_path(reference, "reference")):
+        raise FileNotFoundError(f"reference: expected study results (<study>/study.json) under "
+                                f"{str(reference)!r}, found none")
     written = {sdir.name: write_study_report(sdir, index=False) for sdir in studies}
-    index = write_index(root)
+    index = write_index(root, reference=reference)
     return {"index": index["html"], "index_md": index["markdown"], "studies": written}
