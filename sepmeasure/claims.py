@@ -22,8 +22,17 @@ With the percentile bootstrap and 3 seeds the interval reaches the smallest and 
 per-seed value, so "supported" then means: every seed is beyond the bound.
 
 A claim evaluated ``by`` some columns (per layer, per dataset, ...) is decided in each group,
-and the groups combine as: all supported -> supported; all not supported -> not supported;
-any supported or partly supported -> partly supported; otherwise inconclusive.
+and the groups combine by majority (:data:`COMBINATION_RULE`, applied by
+:func:`combine_verdicts`)::
+
+    no groups                                                      -> inconclusive
+    every group supported                                          -> supported
+    more than half of the groups supported or partly supported    -> partly supported
+    more than half of the groups not supported                     -> not supported
+    otherwise (a tie, or no majority either way)                   -> inconclusive
+
+so one favourable group never outweighs several contrary ones, and the combined result
+carries its split (``"1 of 3 groups supported, 2 not supported"``, :func:`verdict_split`).
 
 Kinds: :class:`MonotoneTrend`, :class:`Comparison`, :class:`CoMovement`,
 :class:`ClosedForm`, :class:`Threshold`.
@@ -54,11 +63,19 @@ __all__ = [
     "claims_frame",
     "decide",
     "combine_verdicts",
+    "verdict_split",
+    "COMBINATION_RULE",
     "bootstrap_interval",
     "sign_agreement",
 ]
 
 VERDICTS: tuple[str, ...] = ("supported", "partly supported", "not supported", "inconclusive")
+
+COMBINATION_RULE: str = (
+    "groups combine by majority: supported if every group is supported; partly supported if more than half "
+    "of the groups are supported or partly supported; not supported if more than half of the groups are not "
+    "supported; inconclusive otherwise (no groups, a tie, or no majority either way)")
+"""The rule that combines per-group verdicts into a claim's verdict, as every report prints it."""
 
 Where = Mapping[str, Any] | Callable[[pd.DataFrame], Any] | None
 
@@ -97,6 +114,9 @@ class ClaimResult:
         The per-seed effects.
     group : str
         ``"all"`` for the overall result, else the group (``"layer=2"``).
+    split : str
+        For a claim decided ``by`` groups, how the groups' verdicts split
+        (``"1 of 3 groups supported, 2 not supported"``); empty otherwise.
     details : dict
         Kind-specific numbers (for :class:`CoMovement`: raw agreement, chance baseline,
         permutation p-value, ...).
@@ -126,6 +146,12 @@ class ClaimResult:
     details: Mapping[str, Any] = field(default_factory=dict)
     groups: tuple["ClaimResult", ...] = ()
     caveat: str = ""
+    split: str = ""
+
+    @property
+    def verdict_text(self) -> str:
+        """The verdict with its split when groups were combined: ``"partly supported — 2 of 3 groups ..."``."""
+        return f"{self.verdict} \u2014 {self.split}" if self.split else self.verdict
 
     def to_frame(self) -> pd.DataFrame:
         """One row for the overall result, then one per group (tidy; ``details`` as JSON).
@@ -147,14 +173,14 @@ class ClaimResult:
             "statement": self.statement, "measured": self.measured, "effect": self.effect,
             "lower": self.lower, "upper": self.upper, "spread": self.spread,
             "confidence": self.confidence, "n_seeds": self.n_seeds, "verdict": self.verdict,
-            "reason": self.reason, "rule": self.rule, "caveat": self.caveat,
+            "split": self.split, "reason": self.reason, "rule": self.rule, "caveat": self.caveat,
             "per_seed": json.dumps([[_plain(s), _plain(v)] for s, v in self.per_seed]),
             "details": json.dumps({k: _plain(v) for k, v in self.details.items()}),
         }
 
 
 _FRAME_COLUMNS = ("claim", "group", "kind", "paper", "statement", "measured", "effect", "lower", "upper",
-                  "spread", "confidence", "n_seeds", "verdict", "reason", "rule", "caveat", "per_seed",
+                  "spread", "confidence", "n_seeds", "verdict", "split", "reason", "rule", "caveat", "per_seed",
                   "details")
 
 
@@ -172,7 +198,7 @@ def claims_frame(results: Sequence[ClaimResult]) -> pd.DataFrame:
         The rows of :meth:`ClaimResult.to_frame` of every result, one after the other; with no
         results, an empty table with the same columns (``claim``, ``group``, ``kind``, ``paper``,
         ``statement``, ``measured``, ``effect``, ``lower``, ``upper``, ``spread``, ``confidence``,
-        ``n_seeds``, ``verdict``, ``reason``, ``rule``, ``caveat``, ``per_seed``, ``details``).
+        ``n_seeds``, ``verdict``, ``split``, ``reason``, ``rule``, ``caveat``, ``per_seed``, ``details``).
 
     Raises
     ------
@@ -309,9 +335,39 @@ def decide(lower: float, upper: float, n_seeds: int, *, direction: str, bound: f
     return "inconclusive", f"interval {interval} contains the bound {bound:.4g}"
 
 
+def _check_verdicts(verdicts: Sequence[str]) -> list[str]:
+    if isinstance(verdicts, str) or not isinstance(verdicts, Sequence):
+        raise TypeError(f"verdicts: expected a sequence of verdicts, got {describe(verdicts)}")
+    for i, v in enumerate(verdicts):
+        if v not in VERDICTS:
+            raise ValueError(f"verdicts[{i}]: expected one of {list(VERDICTS)}, got {v!r}")
+    return list(verdicts)
+
+
+def _combine(vs: list[str]) -> tuple[str, str]:
+    """(combined verdict, why) by :data:`COMBINATION_RULE`; ``vs`` already checked."""
+    n = len(vs)
+    favourable = sum(v in ("supported", "partly supported") for v in vs)
+    contrary = sum(v == "not supported" for v in vs)
+    if n == 0:
+        return "inconclusive", "no groups"
+    if all(v == "supported" for v in vs):
+        return "supported", "every group is supported"
+    if 2 * favourable > n:
+        return "partly supported", f"{favourable} of {n} groups, more than half, are supported or partly supported"
+    if 2 * contrary > n:
+        return "not supported", f"{contrary} of {n} groups, more than half, are not supported"
+    return "inconclusive", (f"no majority: {favourable} of {n} groups supported or partly supported, "
+                            f"{contrary} not supported")
+
+
 def combine_verdicts(verdicts: Sequence[str]) -> str:
-    """Combine per-group verdicts: all supported -> supported; all not supported -> not supported;
-    any supported or partly supported -> partly supported; otherwise inconclusive.
+    """Combine per-group verdicts by majority (:data:`COMBINATION_RULE`).
+
+    Every group supported -> supported; more than half supported or partly supported ->
+    partly supported; more than half not supported -> not supported; otherwise (no groups, a
+    tie, no majority) inconclusive. One favourable group against several contrary ones is
+    therefore never "partly supported".
 
     Parameters
     ----------
@@ -323,27 +379,55 @@ def combine_verdicts(verdicts: Sequence[str]) -> str:
     str
         The combined verdict; ``"inconclusive"`` for no groups.
 
+    Raises
+    ------
+    TypeError
+        ``verdicts`` is not a sequence (a single string is refused).
+    ValueError
+        An entry is not one of :data:`VERDICTS`.
+
     Examples
     --------
-    >>> combine_verdicts(["supported", "not supported"])
+    >>> combine_verdicts(["supported", "supported", "not supported"])
     'partly supported'
-    >>> combine_verdicts(["not supported", "inconclusive"])
+    >>> combine_verdicts(["supported", "not supported", "not supported"])
+    'not supported'
+    >>> combine_verdicts(["supported", "not supported"])
     'inconclusive'
     """
-    vs = list(verdicts)
+    return _combine(_check_verdicts(verdicts))[0]
+
+
+def verdict_split(verdicts: Sequence[str]) -> str:
+    """How per-group verdicts split, in words: ``"1 of 3 groups supported, 2 not supported"``.
+
+    Parameters
+    ----------
+    verdicts : sequence of str
+        Verdicts of the groups, each one of :data:`VERDICTS`.
+
+    Returns
+    -------
+    str
+        ``"{k} of {n} groups supported"`` followed by the count of every other verdict that
+        occurs, in the order of :data:`VERDICTS`; ``"no groups"`` for none.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`combine_verdicts`.
+
+    Examples
+    --------
+    >>> verdict_split(["not supported", "supported", "not supported"])
+    '1 of 3 groups supported, 2 not supported'
+    """
+    vs = _check_verdicts(verdicts)
     if not vs:
-        return "inconclusive"
-    if all(v == "supported" for v in vs):
-        return "supported"
-    if all(v == "not supported" for v in vs):
-        return "not supported"
-    if any(v in ("supported", "partly supported") for v in vs):
-        return "partly supported"
-    return "inconclusive"
-
-
-_GROUP_RULE = ("per group, then combined: all groups supported -> supported; all not supported -> "
-               "not supported; any supported or partly supported -> partly supported; otherwise inconclusive")
+        return "no groups"
+    parts = [f"{sum(v == 'supported' for v in vs)} of {len(vs)} groups supported"]
+    parts += [f"{sum(v == verdict for v in vs)} {verdict}" for verdict in VERDICTS[1:] if verdict in vs]
+    return ", ".join(parts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -514,7 +598,7 @@ class Claim:
         text += (f"; not supported if it lies entirely {wrong} {bound:.4g}; inconclusive if it contains "
                  f"{bound:.4g} or fewer than {self.min_seeds} seeds have an effect")
         if self.by:
-            text += "; " + _GROUP_RULE
+            text += "; decided per group, then " + COMBINATION_RULE
         return text
 
     def evaluate(self, table: pd.DataFrame) -> ClaimResult:
@@ -558,11 +642,12 @@ class Claim:
                 seed_matrix.setdefault(s, []).append(v)
         overall_seed = {s: float(np.mean(v)) for s, v in seed_matrix.items()}
         overall = self._result(overall_seed, self._overall_details(groups), group="all")
-        verdict = combine_verdicts([g.verdict for g in groups])
-        counts = {v: sum(g.verdict == v for g in groups) for v in VERDICTS}
-        reason = (f"{len(groups)} groups: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n)
-                  if groups else "no rows match the claim's filter")
-        return ClaimResult(**{**overall.__dict__, "verdict": verdict, "reason": reason, "groups": tuple(groups)})
+        verdicts = [g.verdict for g in groups]
+        verdict, why = _combine(verdicts)
+        split = verdict_split(verdicts)
+        reason = f"{split}: {why}" if groups else "no rows match the claim's filter"
+        return ClaimResult(**{**overall.__dict__, "verdict": verdict, "reason": reason, "groups": tuple(groups),
+                              "split": split if groups else ""})
 
     def _overall_details(self, groups: Sequence[ClaimResult]) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sepmeasure.claims import (VERDICTS, ClaimResult, ClosedForm, CoMovement, Comparison, MonotoneTrend,
-                               Threshold, bootstrap_interval, claims_frame, combine_verdicts, decide,
-                               sign_agreement)
+from sepmeasure.claims import (COMBINATION_RULE, VERDICTS, ClaimResult, ClosedForm, CoMovement, Comparison,
+                               MonotoneTrend, Threshold, bootstrap_interval, claims_frame, combine_verdicts, decide,
+                               sign_agreement, verdict_split)
 
 P = "Zhang et al. 2023, arXiv 2307.13962"
 
@@ -81,10 +81,81 @@ def test_decide(lower, upper, n, direction, bound, partial, expected):
 def test_combine_verdicts():
     assert combine_verdicts(["supported"] * 3) == "supported"
     assert combine_verdicts(["not supported"] * 2) == "not supported"
-    assert combine_verdicts(["supported", "inconclusive"]) == "partly supported"
-    assert combine_verdicts(["partly supported", "not supported"]) == "partly supported"
+    assert combine_verdicts(["supported", "inconclusive"]) == "inconclusive"  # a tie
+    assert combine_verdicts(["supported", "supported", "inconclusive"]) == "partly supported"
+    assert combine_verdicts(["partly supported", "not supported"]) == "inconclusive"
+    assert combine_verdicts(["supported", "not supported", "not supported"]) == "not supported"
     assert combine_verdicts(["not supported", "inconclusive"]) == "inconclusive"
     assert combine_verdicts([]) == "inconclusive"
+
+
+def _rule_written_again(verdicts):
+    """COMBINATION_RULE, written independently from its text: shares of the groups."""
+    from fractions import Fraction
+    if not verdicts:
+        return "inconclusive"
+    share = {v: Fraction(verdicts.count(v), len(verdicts)) for v in VERDICTS}
+    if share["supported"] == 1:
+        return "supported"
+    if share["supported"] + share["partly supported"] > Fraction(1, 2):
+        return "partly supported"
+    if share["not supported"] > Fraction(1, 2):
+        return "not supported"
+    return "inconclusive"
+
+
+def _every_split(max_groups):
+    import itertools
+    for n in range(max_groups + 1):
+        yield from itertools.combinations_with_replacement(VERDICTS, n)
+
+
+def test_combine_verdicts_over_every_split_of_up_to_six_groups():
+    import random
+    splits = list(_every_split(6))
+    assert len(splits) == 210  # C(n + 3, 3) summed over n = 0..6
+    rng = random.Random(0)
+    for split in splits:
+        verdicts = list(split)
+        expected = _rule_written_again(verdicts)
+        assert combine_verdicts(verdicts) == expected, verdicts
+        rng.shuffle(verdicts)  # the order of the groups does not matter
+        assert combine_verdicts(verdicts) == expected, verdicts
+        favourable = sum(v in ("supported", "partly supported") for v in verdicts)
+        if expected in ("supported", "partly supported"):  # never one favourable group against several
+            assert 2 * favourable > len(verdicts)
+        text = verdict_split(verdicts)
+        if verdicts:
+            assert text.startswith(f"{verdicts.count('supported')} of {len(verdicts)} groups supported")
+            for v in VERDICTS[1:]:
+                assert (f"{verdicts.count(v)} {v}" in text) == (v in verdicts)
+
+
+def test_combination_rule_text_and_bad_verdicts():
+    for words in ("every group is supported", "more than half", "partly supported", "inconclusive otherwise"):
+        assert words in COMBINATION_RULE
+    with pytest.raises(ValueError, match=r"verdicts\[1\]: expected one of"):
+        combine_verdicts(["supported", "fine"])
+    with pytest.raises(TypeError, match="verdicts: expected a sequence"):
+        combine_verdicts("supported")
+
+
+def test_a_grouped_claim_reports_its_split():
+    rows = []
+    for seed in range(3):
+        for dataset, acc in (("a", 0.95), ("b", 0.5), ("c", 0.4)):
+            rows.append({"seed": seed, "dataset": dataset, "acc": acc + 0.01 * seed})
+    c = Threshold(name="t", paper="P", statement="s", value="acc", op=">=", bound=0.9, by="dataset")
+    r = c.evaluate(pd.DataFrame(rows))
+    assert [g.verdict for g in r.groups] == ["supported", "not supported", "not supported"]
+    assert r.verdict == "not supported"  # one favourable group against two contrary ones
+    assert r.split == "1 of 3 groups supported, 2 not supported"
+    assert r.verdict_text == "not supported \u2014 1 of 3 groups supported, 2 not supported"
+    assert r.reason.startswith(r.split) and "more than half" in r.reason
+    frame = r.to_frame()
+    assert frame.loc[frame.group == "all", "split"].item() == r.split
+    assert (frame.loc[frame.group != "all", "split"] == "").all()
+    assert COMBINATION_RULE in c.rule
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,7 +225,8 @@ def test_trend_by_groups_combines_group_verdicts():
     b = trend_table([[0.5, 0.4, 0.3, 0.2, 0.1]] * 3, model="cnn")
     r = trend(by="model").evaluate(pd.concat([a, b]))
     assert {g.group: g.verdict for g in r.groups} == {"model=cnn": "not supported", "model=mlp": "supported"}
-    assert r.verdict == "partly supported"
+    assert r.verdict == "inconclusive"  # one group for, one against: no majority
+    assert r.split == "1 of 2 groups supported, 1 not supported"
     frame = r.to_frame()
     assert frame["group"].tolist() == ["all", "model=cnn", "model=mlp"]
     assert frame.loc[0, "effect"] == pytest.approx(0.0)
