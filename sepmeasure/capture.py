@@ -32,6 +32,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from sepmeasure._memory import empty_host
 from sepmeasure._progress import progress_bar, wanted
+from sepmeasure.pooling import (POOLS, FunctionalTaps, LayerLayouts, check_layout, check_pool,
+                               functional_selection, pool_output)
 from sepmeasure.validation import check_choice, check_int, compile_name_pattern, describe
 
 __all__ = ["ActivationRecorder", "Activations", "LayerSelector", "record", "select_layers"]
@@ -151,43 +153,7 @@ def select_layers(model: nn.Module, layers: LayerSelector = None,
 # Pooling
 # ----------------------------------------------------------------------------
 
-def _pool_none(t: torch.Tensor) -> torch.Tensor:
-    return t
-
-
-def _pool_flatten(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(t.shape[0], -1) if t.ndim != 2 else t
-
-
-def _pool_mean(t: torch.Tensor) -> torch.Tensor:
-    if t.ndim <= 2:
-        return t
-    if t.ndim == 3:
-        return t.mean(-1)
-    if t.is_contiguous():
-        return t.flatten(2).mean(-1)
-    return t.mean(dim=tuple(range(2, t.ndim)))
-
-
-_POOLS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "none": _pool_none,
-    "flatten": _pool_flatten,
-    "mean": _pool_mean,
-}
-
-
-def _resolve_pool(pool: PoolSpec) -> Callable[[torch.Tensor], torch.Tensor]:
-    if isinstance(pool, str):
-        return _POOLS[check_choice(pool, "pool", _POOLS)]
-    if callable(pool):
-        def checked(t: torch.Tensor) -> torch.Tensor:
-            out = pool(t)
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(f"pool: expected the callable to return a Tensor, got {describe(out)}")
-            return out
-        return checked
-    raise TypeError(f"pool: expected one of {', '.join(map(repr, _POOLS))} or a callable "
-                    f"Tensor -> Tensor, got {describe(pool)}")
+# Pooling by layout lives in sepmeasure.pooling (pool_output, LayerLayouts, POOLS).
 
 
 def _first_tensor(output: Any, layer: str) -> torch.Tensor:
@@ -232,12 +198,26 @@ class ActivationRecorder:
     layers : selector, optional
         Which submodules to record; see :func:`select_layers`. Default: every
         leaf submodule.
-    pool : {"none", "flatten", "mean"} or callable, default "none"
+    pool : {"none", "flatten", "mean", "cls", "last"} or callable, default "none"
         ``"none"`` keeps each output as is; ``"flatten"`` reshapes
-        ``[N, ...]`` to ``[N, D]``; ``"mean"`` averages over every axis after
-        the channel axis (``[N, C, ...] -> [N, C]``, identity for 2-D
-        outputs); a callable is applied to the output tensor. Pooling runs on
-        the module's device, before any move.
+        ``[N, ...]`` to ``[N, D]``; ``"mean"`` averages the spatial axes of a
+        channels-first output (``[N, C, *spatial] -> [N, C]``) and the token
+        axes of a channels-last one (``[N, T, D] -> [N, D]``), identity for
+        2-D outputs; ``"cls"`` / ``"last"`` keep the first / last token of a
+        channels-last ``[N, T, D]`` output; a callable is applied to the
+        output tensor. Pooling runs on the module's device, before any move.
+    layout : {"auto", "channels_first", "channels_last"} or mapping, default "auto"
+        Which axes of a layer's output are channels, tokens or space (used by
+        ``"mean"``, ``"cls"``, ``"last"``). ``"auto"`` reads it from the
+        model's traced graph (:func:`sepmeasure.graph.trace_model`, traced once
+        with the first forward call's input): conv, batch-norm and pooling
+        outputs are channels first; ``Linear`` on sequences, ``LayerNorm``,
+        attention, Transformer layers, ``Embedding`` and whatever is computed
+        from them element-wise are channels last; module types decide for
+        modules the graph does not see into. Where it cannot be told for an
+        output of three or more axes, those pools raise a ``ValueError``
+        naming ``layout`` (they never guess). A mapping
+        ``{layer name: layout}`` sets it per layer (``"auto"`` elsewhere).
     to : device, optional
         Where recorded tensors are stored; ``None`` keeps them where the
         module produced them.
@@ -253,6 +233,12 @@ class ActivationRecorder:
     layer_names : list of str
         Recorded keys in the order they first ran, with ``name#k`` for the
         ``k``-th extra call of a module within one forward call.
+
+    Functional operations (``F.relu(x)`` inside ``forward``) have no module
+    to hook: name them by their graph node name (``"relu_1"``, as listed by
+    ``trace_model(model).nonlinearities()``) in ``layers``. The model is then
+    run, inside the ``with`` block, through its traced program (same modules
+    and parameters) with a tap after each such node.
 
     Notes
     -----
@@ -279,12 +265,25 @@ class ActivationRecorder:
     """
 
     def __init__(self, model: nn.Module, layers: LayerSelector = None, pool: PoolSpec = "none",
-                 to: torch.device | str | None = None, detach: bool = True) -> None:
+                 to: torch.device | str | None = None, detach: bool = True, layout: Any = "auto") -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {describe(model)}")
         self.model = model
-        self._selected = select_layers(model, layers, name="layers")
-        self._pool = _resolve_pool(pool)
+        self._pool_spec = check_pool(pool)
+        self._layout_spec = check_layout(layout)
+        graph, functional, layers = functional_selection(model, layers)
+        self._selected = select_layers(model, layers, name="layers") if layers is not None or not functional else []
+        self._functional = functional
+        self._taps = None
+        if functional:
+            leaves = {n.target for n in graph.nodes.values() if n.op == "call_module"}
+            containers = [n for n, _ in self._selected if n not in leaves]
+            self._taps = FunctionalTaps(graph, functional, containers)
+            self._selected = [(n, m) for n, m in self._selected if n in leaves] + \
+                [(n, tap) for n, taps in self._taps.taps.items() for tap in taps]
+        self._layouts = LayerLayouts(model, self._layout_spec, self._pool_spec, graph)
+        self._modules = {n: (None if n in functional else m) for n, m in self._selected}
+        self._selected = list(dict.fromkeys(self._selected))
         self._to = None if to is None else _as_device(to, "to")
         self._detach = bool(detach)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -295,11 +294,16 @@ class ActivationRecorder:
         self.outputs: dict[str, list[torch.Tensor]] = {}
         self._calls: dict[str, int] = {}
         self._fired: dict[str, int] = {n: 0 for n, _ in self._selected}
+        self._suspended = False
+
+    def _pool(self, t: torch.Tensor, key: str, name: str) -> torch.Tensor:
+        layout, why = self._layouts.of(name, self._modules.get(name))
+        return pool_output(t, self._pool_spec, layout, key, why)
 
     # -- properties ---------------------------------------------------------
     @property
     def selected(self) -> tuple[str, ...]:
-        return tuple(n for n, _ in self._selected)
+        return tuple(dict.fromkeys(n for n, _ in self._selected))
 
     @property
     def layer_names(self) -> list[str]:
@@ -315,6 +319,8 @@ class ActivationRecorder:
         self._active = True
         try:
             self._handles.append(self.model.register_forward_pre_hook(self._new_forward_call))
+            if self._taps is not None:
+                self._taps.install(self.model)
             for name, module in self._selected:
                 self._handles.append(module.register_forward_hook(self._make_hook(name)))
         except BaseException:
@@ -326,6 +332,8 @@ class ActivationRecorder:
         self._restore()
 
     def _restore(self) -> None:
+        if self._taps is not None and self._active:
+            self._taps.remove(self.model)
         try:
             while self._handles:
                 self._handles.pop().remove()
@@ -340,15 +348,23 @@ class ActivationRecorder:
     # -- hooks --------------------------------------------------------------
     def _new_forward_call(self, module: nn.Module, args: Any) -> None:
         self._calls.clear()
+        self._suspended = True  # tracing runs the leaf modules on fake tensors: not a forward call
+        try:
+            self._layouts.prepare(args)
+        finally:
+            self._suspended = False
 
     def _make_hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if self._suspended:
+                return
             raw = _first_tensor(output, name)
             k = self._calls.get(name, 0)
             self._calls[name] = k + 1
             self._fired[name] += 1
             t = raw.detach() if self._detach and raw.requires_grad else raw
-            self._sink(name if k == 0 else f"{name}#{k}", self._pool(t), raw)
+            key = name if k == 0 else f"{name}#{k}"
+            self._sink(key, self._pool(t, key, name), raw)
 
         return hook
 
@@ -720,7 +736,7 @@ def _input_dtype(model: nn.Module) -> torch.dtype | None:
 def record(model: nn.Module, data: Any, layers: LayerSelector = None, pool: PoolSpec = "none",
            batch_size: int = 256, max_samples: int | None = None,
            device: torch.device | str | None = None, to: torch.device | str | None = "cpu",
-           spill_to: str | Path | None = None, progress: bool = True) -> Activations:
+           spill_to: str | Path | None = None, progress: bool = True, layout: Any = "auto") -> Activations:
     """Run ``model`` over ``data`` and return the selected layers' activations.
 
     The model runs in eval mode under ``torch.no_grad()``; its modes and
@@ -744,8 +760,11 @@ def record(model: nn.Module, data: Any, layers: LayerSelector = None, pool: Pool
     layers : selector, optional
         Which submodules to record; see :func:`select_layers`. Default:
         every leaf submodule.
-    pool : {"none", "flatten", "mean"} or callable, default "none"
+    pool : {"none", "flatten", "mean", "cls", "last"} or callable, default "none"
         How each output is reduced per sample; see :class:`ActivationRecorder`.
+    layout : {"auto", "channels_first", "channels_last"} or mapping, default "auto"
+        Which axes are channels, tokens or space, for ``pool``; see
+        :class:`ActivationRecorder` (``"auto"``: from the traced graph; never guessed).
     batch_size : int, default 256
         Samples per forward pass for tensors, arrays and datasets.
     max_samples : int, optional
@@ -808,7 +827,7 @@ def record(model: nn.Module, data: Any, layers: LayerSelector = None, pool: Pool
     spill_dir = _prepare_spill_dir(spill_to, store)
     source = _Source(data, batch_size)
     n_total = source.n if max_samples is None or source.n is None else min(source.n, max_samples)
-    recorder = ActivationRecorder(model, layers=layers, pool=pool, to=None if n_total else store)
+    recorder = ActivationRecorder(model, layers=layers, pool=pool, to=None if n_total else store, layout=layout)
     writer = _BufferWriter(n_total, store, spill_dir) if n_total else None
     per_batch = data.batch_size if isinstance(data, DataLoader) else batch_size
     n_batches = None if n_total is None else -(-n_total // per_batch)
