@@ -19,7 +19,6 @@ call, under ``name``, ``name#1``, ``name#2``, ... in call order.
 """
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -28,13 +27,13 @@ from typing import Any, Union
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from sepmeasure._memory import empty_host
 from sepmeasure._progress import progress_bar, wanted
 from sepmeasure.pooling import (POOLS, FunctionalTaps, LayerLayouts, check_layout, check_pool,
                                functional_selection, pool_output)
-from sepmeasure.validation import check_choice, check_int, compile_name_pattern, describe
+from sepmeasure.inputs import BatchSource, cast_inputs, check_cast, check_finite, model_device, model_dtype
+from sepmeasure.validation import check_choice, check_int, compile_name_pattern, describe, did_you_mean, list_names
 
 __all__ = ["ActivationRecorder", "Activations", "LayerSelector", "record", "select_layers"]
 
@@ -50,18 +49,13 @@ LayerSelector = Union[
 
 PoolSpec = Union[str, Callable[[torch.Tensor], torch.Tensor]]
 
-_MAX_LISTED_NAMES = 25
-
 
 # ----------------------------------------------------------------------------
 # Layer selection
 # ----------------------------------------------------------------------------
 
 def _list_names(names: Sequence[str]) -> str:
-    shown = [repr(n) for n in names[:_MAX_LISTED_NAMES]]
-    if len(names) > _MAX_LISTED_NAMES:
-        shown.append(f"... and {len(names) - _MAX_LISTED_NAMES} more")
-    return "[" + ", ".join(shown) + "]" if shown else "[] (the model has no submodules)"
+    return list_names(names, empty="[] (the model has no submodules)")
 
 
 def _match_one(spec: Any, named: list[tuple[str, nn.Module]], name: str) -> list[int]:
@@ -73,8 +67,7 @@ def _match_one(spec: Any, named: list[tuple[str, nn.Module]], name: str) -> list
             return [i for i, n in enumerate(names) if pattern.fullmatch(n)]
         if spec in names:
             return [names.index(spec)]
-        close = difflib.get_close_matches(spec, names, n=3, cutoff=0.6)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(spec, names)
         raise ValueError(f"{name}: expected the name of a submodule, got {spec!r}{hint} "
                          f"Available modules: {_list_names(names)}")
     if isinstance(spec, type):
@@ -474,8 +467,7 @@ class Activations(Mapping[str, torch.Tensor]):
         try:
             return self._tensors[key]
         except KeyError:
-            close = difflib.get_close_matches(str(key), list(self._tensors), n=3, cutoff=0.6)
-            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            hint = did_you_mean(key, list(self._tensors))
             raise KeyError(f"expected one of the recorded layers {_list_names(list(self._tensors))}, "
                            f"got {key!r}{hint}") from None
 
@@ -510,100 +502,6 @@ class Activations(Mapping[str, torch.Tensor]):
             lines.append(f"  {key:<{width}}  {list(t.shape)}  "
                          f"{str(t.dtype).removeprefix('torch.')}  {where}")
         return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------
-# Data handling for record()
-# ----------------------------------------------------------------------------
-
-def _to_tensor(value: Any, what: str) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(value))
-    try:
-        return torch.as_tensor(value)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise TypeError(f"data: expected {what} to be a Tensor or array, got {describe(value)}") from exc
-
-
-def _check_finite(x: torch.Tensor, where: str) -> None:
-    if (torch.is_floating_point(x) or x.is_complex()) and not bool(torch.isfinite(x).all()):
-        n_bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"data: expected finite inputs, got {n_bad} NaN/inf entries in {where}")
-
-
-def _split_batch(batch: Any, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if isinstance(batch, (torch.Tensor, np.ndarray)):
-        return _to_tensor(batch, "the inputs"), None
-    if isinstance(batch, (tuple, list)) and batch:
-        x = _to_tensor(batch[0], "the inputs")
-        y = None if len(batch) < 2 or batch[1] is None else _to_tensor(batch[1], "the labels")
-        if y is not None and (y.ndim == 0 or y.shape[0] != x.shape[0]):
-            raise ValueError(f"data: expected labels with one entry per input row in batch {index} "
-                             f"({x.shape[0]}), got {describe(y)}")
-        return x, y
-    raise TypeError(f"data: expected batches that are a Tensor x or a tuple (x, y, ...), got "
-                    f"{describe(batch)} in batch {index}")
-
-
-class _Source:
-    """Batches of ``(x, y)`` from whatever ``data`` is, with the sample count when known."""
-
-    def __init__(self, data: Any, batch_size: int) -> None:
-        self.n: int | None
-        if isinstance(data, DataLoader):
-            self._iter = lambda: (_split_batch(b, i) for i, b in enumerate(data))
-            self.n = self._loader_size(data)
-            self.checked = False
-        elif isinstance(data, Dataset):
-            loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0)
-            self._iter = lambda: (_split_batch(b, i) for i, b in enumerate(loader))
-            self.n = self._loader_size(loader)
-            self.checked = False
-        else:
-            x, y = self._arrays(data)
-            self._iter = lambda: ((x[i:i + batch_size], None if y is None else y[i:i + batch_size])
-                                  for i in range(0, x.shape[0], batch_size))
-            self.n = int(x.shape[0])
-            self.checked = True
-
-    @staticmethod
-    def _arrays(data: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if isinstance(data, (tuple, list)):
-            if not 1 <= len(data) <= 2:
-                raise ValueError(f"data: expected X or a tuple (X, y), got a {type(data).__name__} "
-                                 f"of length {len(data)}")
-            x = data[0]
-            y = data[1] if len(data) == 2 else None
-        else:
-            x, y = data, None
-        if not isinstance(x, (torch.Tensor, np.ndarray)):
-            raise TypeError(f"data: expected a Tensor, array, (X, y) tuple, Dataset or DataLoader, "
-                            f"got {describe(data)}")
-        x = _to_tensor(x, "X")
-        if x.ndim == 0 or x.shape[0] == 0:
-            raise ValueError(f"data: expected at least one sample in X, got {describe(x)}")
-        _check_finite(x, "X")
-        if y is not None:
-            y = _to_tensor(y, "y")
-            if y.ndim == 0 or y.shape[0] != x.shape[0]:
-                raise ValueError(f"data: expected y with one entry per row of X ({x.shape[0]}), "
-                                 f"got {describe(y)}")
-        return x, y
-
-    @staticmethod
-    def _loader_size(loader: DataLoader) -> int | None:
-        if loader.batch_size is None:
-            return None
-        try:
-            n = len(loader.sampler)  # type: ignore[arg-type]
-        except TypeError:
-            return None
-        return (n // loader.batch_size) * loader.batch_size if loader.drop_last else n
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        return self._iter()
 
 
 # ----------------------------------------------------------------------------
@@ -716,21 +614,10 @@ def _spill_collected(tensors: Mapping[str, torch.Tensor],
 # record()
 # ----------------------------------------------------------------------------
 
-def _model_device(model: nn.Module) -> torch.device | None:
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return None
-
-
 def _same_device(a: torch.device, b: torch.device) -> bool:
     if a.type != b.type:
         return False
     return a.index is None or b.index is None or a.index == b.index
-
-
-def _input_dtype(model: nn.Module) -> torch.dtype | None:
-    dtypes = {p.dtype for p in model.parameters() if torch.is_floating_point(p)}
-    return dtypes.pop() if len(dtypes) == 1 else None
 
 
 def record(model: nn.Module, data: Any, layers: LayerSelector = None, pool: PoolSpec = "none",
@@ -825,12 +712,14 @@ def record(model: nn.Module, data: Any, layers: LayerSelector = None, pool: Pool
         max_samples = check_int(max_samples, "max_samples", minimum=1)
     run_dev, store = _resolve_devices(model, device, to)
     spill_dir = _prepare_spill_dir(spill_to, store)
-    source = _Source(data, batch_size)
+    source = BatchSource(data, batch_size, "data")
+    in_dtype = model_dtype(model)
+    if source.checked:
+        check_cast(source.x, "data", in_dtype)  # a cast that would overflow is refused before any work
     n_total = source.n if max_samples is None or source.n is None else min(source.n, max_samples)
     recorder = ActivationRecorder(model, layers=layers, pool=pool, to=None if n_total else store, layout=layout)
     writer = _BufferWriter(n_total, store, spill_dir) if n_total else None
-    per_batch = data.batch_size if isinstance(data, DataLoader) else batch_size
-    n_batches = None if n_total is None else -(-n_total // per_batch)
+    n_batches = None if n_total is None else -(-n_total // source.batch_size)
     with recorder, torch.no_grad(), progress_bar(total=n_batches, progress=progress, desc="record",
                                                  unit="batch", leave=False) as bar:
         model.eval()
@@ -838,7 +727,7 @@ def record(model: nn.Module, data: Any, layers: LayerSelector = None, pool: Pool
             recorder._sink = writer
         limit = n_total if n_total is not None else max_samples
         written, labels = _run_batches(model, source, recorder, writer, limit, run_dev,
-                                       _input_dtype(model), store, bar)
+                                       in_dtype, store, bar)
     if written == 0:
         raise ValueError(f"data: expected at least one sample, got {describe(data)} which yields none")
     label_tensor = torch.cat(labels) if labels else None
@@ -856,7 +745,7 @@ def record(model: nn.Module, data: Any, layers: LayerSelector = None, pool: Pool
 
 def _resolve_devices(model: nn.Module, device: Any, to: Any) -> tuple[torch.device, torch.device]:
     """The device the forward pass runs on and the device activations are stored on."""
-    model_dev = _model_device(model)
+    model_dev = model_device(model)
     if device is None:
         run_dev = model_dev or torch.device("cpu")
     else:
@@ -880,7 +769,7 @@ def _prepare_spill_dir(spill_to: str | Path | None, store: torch.device) -> Path
     return spill_dir
 
 
-def _run_batches(model: nn.Module, source: _Source, recorder: ActivationRecorder,
+def _run_batches(model: nn.Module, source: BatchSource, recorder: ActivationRecorder,
                  writer: _BufferWriter | None, limit: int | None, run_dev: torch.device,
                  in_dtype: torch.dtype | None, store: torch.device,
                  bar: Any) -> tuple[int, list[torch.Tensor]]:
@@ -893,11 +782,11 @@ def _run_batches(model: nn.Module, source: _Source, recorder: ActivationRecorder
             x = x[:rows]
             y = None if y is None else y[:rows]
         if not source.checked:
-            _check_finite(x, f"batch {index}")
-        cast = in_dtype if in_dtype is not None and torch.is_floating_point(x) else None
+            check_finite(x, "data", f"batch {index}")
+        x = cast_inputs(x, f"data (batch {index})", dtype=in_dtype, device=run_dev, check=not source.checked)
         if writer is not None:
             writer.begin(written, written + rows, index)
-        model(x.to(device=run_dev, dtype=cast))
+        model(x)
         if index == 0:
             recorder.check_fired()
         if writer is not None:

@@ -24,7 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .validation import check_choice, check_features, check_fraction, check_int, check_labels, check_positive, describe
+from .inputs import check_cast, labeled_pair, read_npz
+from .validation import (check_choice, check_features, check_fraction, check_int, check_labels, check_positive, describe,
+                         did_you_mean)
 
 __all__ = ["LabeledData", "Split", "load_dataset", "load_npz", "as_dataset", "DATASETS"]
 
@@ -302,10 +304,7 @@ def load_dataset(name: str, split: str = "train", seed: int = 0, *, size: int | 
         return load_npz(name, split=split, seed=seed, test_fraction=test_fraction,
                         standardize=None if standardize is True else standardize)
     if name not in _GENERATORS:
-        import difflib
-
-        close = difflib.get_close_matches(str(name), DATASETS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(name, DATASETS, n=1)
         raise ValueError(f"name: expected one of {', '.join(map(repr, DATASETS))} or a path to an .npz file, "
                          f"got {name!r}{hint}")
     generator, default_std = _GENERATORS[name]
@@ -390,15 +389,9 @@ def load_npz(path: str | os.PathLike, split: str = "both", seed: int = 0, *, tes
     """
     check_choice(split, "split", ("train", "test", "both"))
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"path: expected an existing .npz file, got {str(p)!r}")
-    with np.load(p, allow_pickle=False) as f:
-        keys = set(f.files)
-        if not {"X", "y"} <= keys:
-            raise KeyError(f"path: expected an .npz file with arrays 'X' and 'y', got keys {sorted(keys)} in {str(p)!r}")
-        arrays = {k: f[k] for k in ("X", "y", "X_test", "y_test") if k in keys}
+    arrays = read_npz(p, "path", optional=("X_test", "y_test"))
     name = p.stem
-    X = check_features(arrays["X"], f"{name}.npz['X']", ndim=None).numpy().astype(np.float32)
+    X = _float32_features(arrays["X"], f"{name}.npz['X']")
     y = check_labels(arrays["y"], f"{name}.npz['y']", n=X.shape[0], n_name=f"{name}.npz['X']").numpy()
     how = None if standardize in (None, False) else ("feature" if standardize is True else standardize)
     check_choice(how, "standardize", (None, "none", "feature", "global"))
@@ -408,7 +401,7 @@ def load_npz(path: str | os.PathLike, split: str = "both", seed: int = 0, *, tes
     if "X_test" in arrays:
         if "y_test" not in arrays:
             raise KeyError(f"path: {str(p)!r} has 'X_test' but no 'y_test'")
-        Xte = check_features(arrays["X_test"], f"{name}.npz['X_test']", ndim=None).numpy().astype(np.float32)
+        Xte = _float32_features(arrays["X_test"], f"{name}.npz['X_test']")
         if Xte.shape[1:] != X.shape[1:]:
             raise ValueError(f"path: expected {name}.npz['X_test'] with the sample shape of 'X' {list(X.shape[1:])}, "
                              f"got {list(Xte.shape[1:])}")
@@ -419,6 +412,13 @@ def load_npz(path: str | os.PathLike, split: str = "both", seed: int = 0, *, tes
         test = LabeledData(torch.from_numpy(Xte), torch.from_numpy(yte), name, {**meta, **stats, "split": "test"})
         return {"train": train, "test": test, "both": Split(train, test)}[split]
     return _make_split(X, y, name, split, seed, test_fraction, how, meta)
+
+
+def _float32_features(array: np.ndarray, name: str) -> np.ndarray:
+    """Checked features of a file as float32; values beyond float32's range are refused, not made inf."""
+    X = check_features(array, name, ndim=None)
+    check_cast(X, name, torch.float32)
+    return X.numpy().astype(np.float32)
 
 
 def as_dataset(data: Any, name: str = "data") -> Dataset:
@@ -470,13 +470,13 @@ def as_dataset(data: Any, name: str = "data") -> Dataset:
         p = Path(data)
         if p.suffix != ".npz":
             raise ValueError(f"{name}: expected a path to an .npz file, got {str(p)!r}")
-        with np.load(p, allow_pickle=False) as f:
-            if not {"X", "y"} <= set(f.files):
-                raise KeyError(f"{name}: expected an .npz file with arrays 'X' and 'y', got keys {sorted(f.files)}")
-            return LabeledData(f["X"].astype(np.float32) if f["X"].dtype == np.float64 else f["X"], f["y"], p.stem)
+        arrays = read_npz(p, name)
+        X = arrays["X"]
+        if X.dtype == np.float64:
+            X = _float32_features(X, f"{p.stem}.npz['X']")
+        return LabeledData(X, arrays["y"], p.stem)
     if isinstance(data, (tuple, list)) and len(data) == 2:
-        X = check_features(data[0], f"{name}[0] (X)", ndim=None)
-        y = check_labels(data[1], f"{name}[1] (y)", n=X.shape[0], n_name=f"{name}[0] (X)")
+        X, y = labeled_pair(data, name)
         return LabeledData(X, y, name)
     if isinstance(data, Dataset):
         return data

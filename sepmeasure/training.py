@@ -15,10 +15,11 @@ from typing import Any
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ._progress import progress_bar, wanted
 from .data import LabeledData, as_dataset
+from .inputs import check_cast, dataset_batches, model_device, model_dtype, tensor_batches
 from .provenance import environment_info, seed_everything
 from .validation import check_choice, check_int, check_positive, describe
 
@@ -109,28 +110,47 @@ class Callback:
         return pd.DataFrame(self.rows)
 
 
-def _batches(data: Dataset, batch_size: int, shuffle: bool, generator: torch.Generator,
-             device: torch.device, name: str = "train") -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-    """Mini-batches; tensor-backed data is sliced directly (much faster than a DataLoader)."""
-    if isinstance(data, LabeledData):
-        n = len(data)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        X, y = data.X, data.y
-        # X and y may live on different devices; a non-blocking copy into host memory returns
-        # before the data has arrived, so copies to the CPU are blocking
-        non_blocking = device.type != "cpu"
-        for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
-            yield (X[idx.to(X.device)].to(device, non_blocking=non_blocking),
-                   y[idx.to(y.device)].to(device, non_blocking=non_blocking))
-        return
-    # the same permutation as the sliced path, so both paths see identical batches
+def _batches(data: Dataset, batch_size: int, shuffle: bool, generator: torch.Generator, device: torch.device,
+             name: str, dtype: torch.dtype | None) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """Mini-batches; tensor-backed data is sliced directly (much faster than a DataLoader).
+
+    Both paths draw the same permutation, so they see identical batches. Inputs are cast to
+    ``dtype`` (the model's); :func:`_prepare` has checked that the cast of a
+    :class:`LabeledData` keeps its values finite, batches of other Datasets are checked as they
+    arrive.
+    """
     order = torch.randperm(len(data), generator=generator) if shuffle else torch.arange(len(data))
-    loader = DataLoader(data, batch_size=batch_size, sampler=order.tolist())
-    for batch in loader:
-        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-            raise TypeError(f"{name}: expected dataset items (x, y), got a batch of type {type(batch).__name__}")
-        yield batch[0].to(device), batch[1].to(device)
+    if isinstance(data, LabeledData):
+        X = data.X if dtype is None or not torch.is_floating_point(data.X) else data.X.to(dtype)
+        return tensor_batches(X, data.y, order, batch_size, device)
+    return dataset_batches(data, order, batch_size, device, name, dtype=dtype)
+
+
+def _prepare(data: Any, name: str, model: nn.Module) -> Dataset:
+    """``data`` as a Dataset whose inputs survive the cast to the model's dtype (named ``name``)."""
+    data = as_dataset(data, name)
+    if isinstance(data, LabeledData):
+        check_cast(data.X, name, model_dtype(model))
+    return data
+
+
+def _check_outputs(out: torch.Tensor, data: Dataset, yb: torch.Tensor, first: bool, name: str) -> None:
+    """Labels must index the model's outputs (cross-entropy's contract).
+
+    The labels of a :class:`LabeledData` are checked once, on its first batch; those of another
+    Dataset on every batch, as they arrive.
+    """
+    if isinstance(data, LabeledData):
+        if not first:
+            return
+        yb = data.y
+    if out.ndim != 2:
+        raise ValueError(f"model: expected logits of shape (N, n_classes) for cross-entropy, got an output of "
+                         f"shape {list(out.shape)} for a batch of {name}")
+    hi = int(yb.max()) if yb.numel() else -1
+    if hi >= out.shape[1]:
+        raise ValueError(f"{name}: expected class labels below {out.shape[1]}, the number of outputs of the "
+                         f"model, got a label {hi}")
 
 
 def evaluate(model: nn.Module, data: Any, batch_size: int = 1024, device: torch.device | str | None = None,
@@ -178,32 +198,37 @@ def evaluate(model: nn.Module, data: Any, batch_size: int = 1024, device: torch.
     return _evaluate(model, data, batch_size, device, loss_fn, "data")
 
 
-@torch.no_grad()
 def _evaluate(model: nn.Module, data: Any, batch_size: int, device: torch.device | str | None,
               loss_fn: Callable | None, name: str) -> dict[str, float]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {describe(model)}")
-    data = as_dataset(data, name)
+    data = _prepare(data, name, model)
     batch_size = check_int(batch_size, "batch_size", minimum=1)
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else (model_device(model) or torch.device("cpu"))
+    return _evaluate_core(model, data, batch_size, device, loss_fn, name)
+
+
+@torch.no_grad()
+def _evaluate_core(model: nn.Module, data: Dataset, batch_size: int, device: torch.device,
+                   loss_fn: Callable | None, name: str) -> dict[str, float]:
+    """:func:`evaluate` on checked arguments (``data`` from :func:`_prepare`)."""
+    check_targets = loss_fn is None
     loss_fn = loss_fn or nn.functional.cross_entropy
+    dtype = model_dtype(model)
     was_training = model.training
     model.eval()
     total, correct, loss_sum = 0, 0, 0.0
     try:
-        for xb, yb in _batches(data, batch_size, False, torch.Generator(), device, name):
+        for index, (xb, yb) in enumerate(_batches(data, batch_size, False, torch.Generator(), device, name, dtype)):
             out = model(xb)
+            if check_targets:
+                _check_outputs(out, data, yb, index == 0, name)
             loss_sum += float(loss_fn(out, yb, reduction="sum"))
             correct += int((out.argmax(dim=1) == yb).sum())
             total += int(yb.shape[0])
     finally:
         model.train(was_training)
     return {"loss": loss_sum / max(total, 1), "accuracy": correct / max(total, 1), "n": total}
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def _make_optimizer(name: str, params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -295,8 +320,8 @@ def fit(model: nn.Module, train: Any, test: Any = None, *, epochs: int = 10, lr:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {describe(model)}")
-    train = as_dataset(train, "train")
-    test = as_dataset(test, "test") if test is not None else None
+    train = _prepare(train, "train", model)
+    test = _prepare(test, "test", model) if test is not None else None
     epochs = check_int(epochs, "epochs", minimum=0)
     wanted(progress)  # checks the argument before any work
     lr = check_positive(lr, "lr")
@@ -316,11 +341,13 @@ def fit(model: nn.Module, train: Any, test: Any = None, *, epochs: int = 10, lr:
     for i, cb in enumerate(callbacks):
         if not isinstance(cb, Callback):
             raise TypeError(f"callbacks[{i}]: expected a sepmeasure.training.Callback, got {describe(cb)}")
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else (model_device(model) or torch.device("cpu"))
+    check_targets = loss_fn is None
     loss_fn = loss_fn or nn.functional.cross_entropy
 
     generator = seed_everything(seed)
     model.to(device)
+    dtype = model_dtype(model)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model: expected at least one parameter with requires_grad=True, got none")
@@ -338,7 +365,7 @@ def fit(model: nn.Module, train: Any, test: Any = None, *, epochs: int = 10, lr:
         for split, data in (("train", train), ("test", test)):
             if data is None:
                 continue
-            r = _evaluate(model, data, eval_batch_size, device, loss_fn, split)
+            r = _evaluate_core(model, data, eval_batch_size, device, None if check_targets else loss_fn, split)
             state.history.append({"epoch": state.epoch, "step": state.step, "split": split, "loss": r["loss"],
                                   "accuracy": r["accuracy"], "seconds": elapsed})
         for cb in callbacks:
@@ -354,9 +381,12 @@ def fit(model: nn.Module, train: Any, test: Any = None, *, epochs: int = 10, lr:
         for epoch in range(1, epochs + 1):
             model.train()
             start = time.perf_counter()
-            for xb, yb in _batches(train, batch_size, True, generator, device):
+            for xb, yb in _batches(train, batch_size, True, generator, device, "train", dtype):
                 opt.zero_grad(set_to_none=True)
-                loss = loss_fn(model(xb), yb)
+                out = model(xb)
+                if check_targets:
+                    _check_outputs(out, train, yb, state.step == 0, "train")
+                loss = loss_fn(out, yb)
                 if penalty is not None:
                     loss = loss + penalty(model)
                 loss_value = loss.detach()

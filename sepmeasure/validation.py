@@ -5,6 +5,7 @@ Inner code trusts its inputs; these checks run once, at the boundary.
 """
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -23,7 +24,19 @@ __all__ = [
     "check_fraction",
     "compile_name_pattern",
     "describe",
+    "did_you_mean",
+    "list_names",
+    "MAX_CLASSES",
 ]
+
+MAX_CLASSES = 2 ** 20
+"""The largest number of classes a label vector may imply (labels are class indices ``0..MAX_CLASSES-1``).
+
+The number of classes is derived as ``max(label) + 1`` and sizes one-hot matrices, class counts
+and output layers, so a stray huge label (``2**62``, say) is refused instead of allocating for it.
+"""
+
+_MAX_LISTED_NAMES = 25
 
 
 def describe(value: Any) -> str:
@@ -38,11 +51,30 @@ def describe(value: Any) -> str:
     return f"{type(value).__name__} {text}"
 
 
+def did_you_mean(value: Any, options: Sequence[str], *, n: int = 3) -> str:
+    """The ``"; did you mean 'a' or 'b'?"`` hint for an unknown name, or ``""`` when nothing is close."""
+    close = difflib.get_close_matches(str(value), [str(o) for o in options], n=n, cutoff=0.6)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def list_names(names: Sequence[str], *, empty: str = "[]") -> str:
+    """``['a', 'b', ... and 7 more]`` for an error message (at most 25 names shown); ``empty`` when none."""
+    names = list(names)
+    shown = [repr(n) for n in names[:_MAX_LISTED_NAMES]]
+    if len(names) > _MAX_LISTED_NAMES:
+        shown.append(f"... and {len(names) - _MAX_LISTED_NAMES} more")
+    return "[" + ", ".join(shown) + "]" if shown else empty
+
+
 def as_tensor(value: Any, name: str, *, dtype: torch.dtype | None = None,
               device: torch.device | str | None = None) -> torch.Tensor:
-    """Convert tensors, arrays and nested sequences to a tensor, naming ``name`` on failure."""
+    """Convert tensors, arrays and nested sequences to a tensor, naming ``name`` on failure.
+
+    A tensor that requires grad is detached: measures read values, they never differentiate
+    through a user's inputs.
+    """
     if isinstance(value, torch.Tensor):
-        out = value
+        out = value.detach()
     elif isinstance(value, np.ndarray) or isinstance(value, (list, tuple)):
         try:
             out = torch.as_tensor(np.asarray(value))
@@ -81,8 +113,24 @@ def check_features(value: Any, name: str, *, ndim: int | Sequence[int] | None = 
 
 
 def check_labels(value: Any, name: str, *, n: int | None = None, n_name: str = "the features",
-                 min_classes: int = 1, device: torch.device | str | None = None) -> torch.Tensor:
-    """Check a 1-D integer label vector (optionally of length ``n``); return it as int64."""
+                 min_classes: int = 1, device: torch.device | str | None = None,
+                 n_outputs: int | None = None, outputs_name: str = "the model") -> torch.Tensor:
+    """Check a 1-D vector of class labels (optionally of length ``n``); return it as int64.
+
+    Labels are class indices: integer values (float labels only when exactly integral), ``>= 0``,
+    below :data:`MAX_CLASSES` (so within int64 and ``max + 1`` is a sane number of classes) and,
+    when ``n_outputs`` is given, below it (the number of logits a classifier produces). Every
+    check happens before any cast, so no label wraps around or merges with another.
+
+    Examples
+    --------
+    >>> check_labels([0.0, 2.0, 1.0], "y")
+    tensor([0, 2, 1])
+    >>> check_labels([0, -1], "y")
+    Traceback (most recent call last):
+    ...
+    ValueError: y: expected class labels >= 0 (class indices), got a minimum of -1
+    """
     y = as_tensor(value, name, device=device)
     if y.ndim != 1:
         raise ValueError(f"{name}: expected a 1-dimensional label vector, got {describe(y)}")
@@ -91,6 +139,22 @@ def check_labels(value: Any, name: str, *, n: int | None = None, n_name: str = "
             raise ValueError(f"{name}: expected integer class labels, got non-integer values in {describe(y)}")
     elif y.dtype == torch.bool or y.is_complex():
         raise TypeError(f"{name}: expected integer class labels, got {describe(y)}")
+    if y.numel():
+        # float64 holds every integer below 2**53 exactly, far above MAX_CLASSES, and has the
+        # min/max that unsigned tensors lack, so the range is read before anything is cast
+        v = y if y.dtype == torch.int64 else y.to(torch.float64)
+        lo, hi = v.min().item(), v.max().item()
+        if lo < 0:
+            raise ValueError(f"{name}: expected class labels >= 0 (class indices), got a minimum of {lo:g}")
+        if hi > torch.iinfo(torch.int64).max:
+            raise ValueError(f"{name}: expected class labels within int64 (<= 2**63 - 1), got a maximum of {hi:g} "
+                             f"in {describe(y)}")
+        if hi >= MAX_CLASSES:
+            raise ValueError(f"{name}: expected class labels below {MAX_CLASSES} (class indices; the number of "
+                             f"classes is the largest label + 1), got a maximum of {hi:g}")
+        if n_outputs is not None and hi >= n_outputs:
+            raise ValueError(f"{name}: expected class labels below {n_outputs}, the number of outputs of "
+                             f"{outputs_name}, got a label {int(hi)}")
     y = y.long()
     if n is not None and y.shape[0] != n:
         raise ValueError(f"{name}: expected {n} labels (one per row of {n_name}), got {y.shape[0]}")
