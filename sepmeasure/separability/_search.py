@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from ..validation import check_choice, check_features, check_int, check_positive, describe
-from .hull import HullDistance, _disjoint_overlaps, hull_distance
-from .pointsets import SpanCoordinates, check_point_sets, to_span_direction
-from .probe import fit_logistic
+from .hull import HullDistance, HullOptions, count_disjoint_overlaps, hull_distance_core
+from .pointsets import SpanCoordinates, to_span_direction
+from .probe import logistic_core
 
 METHODS = ("auto", "exact", "approx")
 
@@ -32,25 +32,32 @@ T = TypeVar("T")
 # Arguments
 # ----------------------------------------------------------------------------
 
-def check_search_args(A: Any, B: Any, method: str, seed: Any, n_starts: Any,
-                      steps: Any) -> tuple[torch.Tensor, torch.Tensor, int, int, int]:
-    """Check the point sets, ``method`` and the arguments of the approximate search."""
-    A, B = check_point_sets(A, B)
+def check_search_options(method: Any, seed: Any, n_starts: Any, steps: Any) -> tuple[str, int, int, int]:
+    """Check ``method`` and the arguments of the approximate search."""
     check_choice(method, "method", METHODS)
     seed = check_int(seed, "seed", minimum=0)
     n_starts = check_int(n_starts, "n_starts", minimum=0)
     steps = check_int(steps, "steps", minimum=0)
-    return A, B, seed, n_starts, steps
+    return method, seed, n_starts, steps
 
 
-def check_bound_args(time_limit: Any, margin: Any, witnesses: Any, hull: Any) -> tuple[float, float, int]:
-    """Check the arguments of the exact program and of the upper bound (``hull`` is only checked)."""
+def check_bound_options(time_limit: Any, margin: Any, witnesses: Any) -> tuple[float, float, int]:
+    """Check the arguments of the exact program and of the upper bound."""
     time_limit = check_positive(time_limit, "time_limit")
     margin = check_positive(margin, "margin")
     witnesses = check_int(witnesses, "witnesses", minimum=0)
-    if hull is not None and not isinstance(hull, HullDistance):
-        raise TypeError(f"hull: expected a HullDistance, got {describe(hull)}")
     return time_limit, margin, witnesses
+
+
+def check_hull_argument(hull: Any, A: torch.Tensor, B: torch.Tensor) -> None:
+    """``hull`` is None or a :class:`HullDistance` of sets of the sizes of ``A`` and ``B``."""
+    if hull is None:
+        return
+    if not isinstance(hull, HullDistance):
+        raise TypeError(f"hull: expected a HullDistance, got {describe(hull)}")
+    if (hull.n_a, hull.n_b, hull.d) != (A.shape[0], B.shape[0], A.shape[1]):
+        raise ValueError(f"hull: expected the hull distance of these sets ({A.shape[0]} and {B.shape[0]} points in "
+                         f"{A.shape[1]} dimensions), got one of {hull.n_a} and {hull.n_b} points in {hull.d}")
 
 
 def check_direction(w: Any, d: int, device: torch.device, name: str = "w") -> torch.Tensor:
@@ -83,12 +90,9 @@ def certified_search(A: torch.Tensor, B: torch.Tensor, method: str, hull: HullDi
     ``"solver_error: ..."``, or ``"gap"`` (exact) / ``"bounded"`` (approx).
     """
     if hull is None:
-        hull = hull_distance(A, B)
-    elif (hull.n_a, hull.n_b, hull.d) != (A.shape[0], B.shape[0], A.shape[1]):
-        raise ValueError(f"hull: expected the hull distance of these sets ({A.shape[0]} and {B.shape[0]} points in "
-                         f"{A.shape[1]} dimensions), got one of {hull.n_a} and {hull.n_b} points in {hull.d}")
+        hull = hull_distance_core(A, B, HullOptions())
     best, found = approx(hull)
-    upper = total - max(certain_loss, _disjoint_overlaps(A, B, hull, witnesses))
+    upper = total - max(certain_loss, count_disjoint_overlaps(A, B, hull, witnesses))
     status = "bounded"
     if method == "exact" and best < upper:
         count, solution, bound, status = exact(best)
@@ -126,7 +130,7 @@ def start_directions(coords: SpanCoordinates, hull: HullDistance, n_starts: int,
         cols.append(torch.linalg.solve(Sw, mean_diff))
     X = torch.cat([Ar, Br])
     y = torch.cat([torch.ones(Ar.shape[0], device=dev), torch.zeros(Br.shape[0], device=dev)])
-    w_probe, _ = fit_logistic(X, y, l2=1e-4, max_iter=50)
+    w_probe, _ = logistic_core(X, y, l2=1e-4, max_iter=50)
     cols.append(w_probe)
     if hull.normal is not None:
         cols.append(to_span_direction(hull.normal.to(dev), coords))

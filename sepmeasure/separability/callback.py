@@ -7,6 +7,7 @@ on the same samples every time, so the rows of different epochs are directly com
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -17,7 +18,8 @@ from ..capture import record
 from ..data import LabeledData, as_dataset
 from ..training import Callback, TrainingState
 from ..validation import check_int, describe
-from .tables import _check_measures, balanced_subsample, layer_separability
+from .registry import REGISTRY, check_measures, resolve_options
+from .tables import balanced_subsample, layer_separability
 
 __all__ = ["SeparabilityCallback"]
 
@@ -53,8 +55,9 @@ class SeparabilityCallback(Callback):
     batch_size : int
         Forward-pass batch size of the recording.
     **options
-        Further keyword arguments of :func:`layer_separability` (``md_lsm_method``,
-        ``hull_tol``, ``classes``, ...).
+        Further keyword arguments of :func:`layer_separability`: ``options`` (``{measure name:
+        {option: value}}``, checked here), its short forms (``md_lsm_method``, ``hull_tol``, ...),
+        ``classes``, ``device``, ``progress``.
 
     Examples
     --------
@@ -77,17 +80,19 @@ class SeparabilityCallback(Callback):
                  batch_size: int = 256, **options: Any) -> None:
         super().__init__(epochs=epochs, steps=steps)
         self.layers = layers
-        self.measures = _check_measures(measures)
+        self.measures = check_measures(measures)
         self.pairs = pairs
         self.max_per_class = None if max_per_class is None else check_int(max_per_class, "max_per_class", minimum=1)
         self.seed = check_int(seed, "seed", minimum=0)
         self.pool = pool
         self.data = data
         self.batch_size = check_int(batch_size, "batch_size", minimum=1)
-        bad = set(options) - {"classes", "md_lsm_method", "subset_method", "hull_tol", "hull_max_iter",
-                              "probe_test_fraction", "progress", "device"}
+        bad = set(options) - set(TABLE_KEYWORDS)
         if bad:
             raise TypeError(f"options: expected keyword arguments of layer_separability, got {sorted(bad)}")
+        aliases = {a for m in REGISTRY.values() for a in m.aliases}
+        resolve_options(options.get("options"), {k: v for k, v in options.items() if k in aliases},
+                        seed=self.seed)   # the measures' options are checked now, not at the first epoch
         self.options = options
         self.indices: torch.Tensor | None = None
         self._X: torch.Tensor | None = None
@@ -108,6 +113,11 @@ class SeparabilityCallback(Callback):
         options = {"device": state.device, **self.options}
         return layer_separability(acts, self._y.to(options["device"]), measures=self.measures, pairs=self.pairs,
                                   seed=self.seed, **options)
+
+
+# keyword arguments of layer_separability that the callback passes on (the others it sets itself)
+TABLE_KEYWORDS = tuple(name for name, p in inspect.signature(layer_separability).parameters.items()
+                       if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("max_per_class", "seed"))
 
 
 def _tensors_of(data: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,6 +39,7 @@ dot products, about :math:`10^{-15}` of the data's scale). The two solvers are
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -50,9 +51,12 @@ from .._progress import progress_bar, wanted
 from ..validation import check_choice, check_features, check_int, check_labels, check_positive, describe
 from ._cvx import solve_reporting_status
 from ._results import CertifiedResult
+from .options import check_option_names, options_from_signature
 from .pointsets import check_point_sets, class_pairs
 
 __all__ = ["HullDistance", "HullSolverError", "hull_distance", "pairwise_hull_distances"]
+# internal API of the separability package: HullOptions, check_hull_options, hull_distance_core,
+# solve_pairs, count_disjoint_overlaps
 
 METHODS = ("auto", "native", "reference")
 _QP_ONLY_SOLVERS = {"OSQP", "PIQP", "PROXQP", "QPALM", "DAQP", "QOCO"}
@@ -219,25 +223,68 @@ def hull_distance(A: Any, B: Any, *, method: str = "auto", tol: float = 1e-6, ze
     False
     """
     A, B = check_point_sets(A, B)
-    check_choice(method, "method", METHODS)
-    tol = check_positive(tol, "tol")
-    zero_tol = check_positive(zero_tol, "zero_tol", strict=False)
-    max_iter = check_int(max_iter, "max_iter", minimum=1)
-    working_set = check_int(working_set, "working_set", minimum=1)
+    options = check_hull_options(method=method, tol=tol, zero_tol=zero_tol, max_iter=max_iter, solver=solver,
+                                 solver_options=solver_options, working_set=working_set)
     if warm_start is not None:
         if not isinstance(warm_start, HullDistance):
             raise TypeError(f"warm_start: expected a HullDistance, got {describe(warm_start)}")
         if (warm_start.n_a, warm_start.n_b) != (A.shape[0], B.shape[0]):
             raise ValueError(f"warm_start: expected a result for sets of sizes ({A.shape[0]}, {B.shape[0]}), "
                              f"got one for ({warm_start.n_a}, {warm_start.n_b})")
-    if method == "reference":
-        return _reference(A, B, tol=tol, zero_tol=zero_tol, solver=solver, solver_options=solver_options)
+    return hull_distance_core(A, B, options, warm_start=warm_start)
+
+
+HullOptions = options_from_signature("HullOptions", hull_distance, exclude=("A", "B", "warm_start"))
+
+
+def check_hull_options(**given: Any) -> Any:
+    """Check the options of :func:`hull_distance` (any subset, by name); return a ``HullOptions``.
+
+    Unknown names are a ``TypeError``. ``solver`` is checked only for ``method="reference"``
+    (where it is used).
+    """
+    check_option_names(given, HullOptions, "hull_distance")
+    o = HullOptions(**given)
+    check_choice(o.method, "method", METHODS)
+    tol = check_positive(o.tol, "tol")
+    zero_tol = check_positive(o.zero_tol, "zero_tol", strict=False)
+    max_iter = check_int(o.max_iter, "max_iter", minimum=1)
+    working_set = check_int(o.working_set, "working_set", minimum=1)
+    if o.method == "reference":
+        _check_solver(o.solver)
+    if o.solver_options is not None and not isinstance(o.solver_options, dict):
+        raise TypeError(f"solver_options: expected a dict of cvxpy solve options, got {describe(o.solver_options)}")
+    return dataclasses.replace(o, tol=tol, zero_tol=zero_tol, max_iter=max_iter, working_set=working_set)
+
+
+def hull_distance_core(A: torch.Tensor, B: torch.Tensor, options: Any,
+                       warm_start: HullDistance | None = None) -> HullDistance:
+    """:func:`hull_distance` of checked point sets with checked ``HullOptions`` (no checks here)."""
+    if options.method == "reference":
+        return _reference(A, B, tol=options.tol, zero_tol=options.zero_tol, solver=options.solver,
+                          solver_options=options.solver_options)
     X = torch.cat([A, B])
     n = A.shape[0]
     rows_a = torch.arange(n, device=X.device)
     rows_b = torch.arange(n, X.shape[0], device=X.device)
-    return _native_many(X, [(rows_a, rows_b)], tol=tol, zero_tol=zero_tol, max_iter=max_iter, add=working_set,
-                        warm=[warm_start])[0]
+    return _native_many(X, [(rows_a, rows_b)], tol=options.tol, zero_tol=options.zero_tol,
+                        max_iter=options.max_iter, add=options.working_set, warm=[warm_start])[0]
+
+
+def solve_pairs(X: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]], options: Any, *,
+                progress: bool = False) -> list[HullDistance]:
+    """Hull distances of the pairs ``(rows_a, rows_b)`` of the checked pool ``X`` (no checks here).
+
+    ``options`` is a checked ``HullOptions``: the native solver runs all pairs together, the
+    reference solver one pair after the other. Used by :func:`pairwise_hull_distances`, the
+    per-layer tables and the callback.
+    """
+    if options.method == "reference":
+        return [_reference(X[ra], X[rb], tol=options.tol, zero_tol=options.zero_tol, solver=options.solver,
+                           solver_options=options.solver_options)
+                for ra, rb in progress_bar(pairs, progress=progress, desc="hull distance (reference)", leave=False)]
+    return _native_many(X, pairs, tol=options.tol, zero_tol=options.zero_tol, max_iter=options.max_iter,
+                        add=options.working_set, warm=None, progress=progress)
 
 
 def pairwise_hull_distances(features: Any, labels: Any, pairs: Any = "ovo", *, classes: Any = None,
@@ -302,21 +349,11 @@ def pairwise_hull_distances(features: Any, labels: Any, pairs: Any = "ovo", *, c
     """
     X = check_features(features, "features", ndim=2)
     y = check_labels(labels, "labels", n=X.shape[0], n_name="features", device=X.device)
-    check_choice(method, "method", METHODS)
-    tol = check_positive(tol, "tol")
-    zero_tol = check_positive(zero_tol, "zero_tol", strict=False)
-    max_iter = check_int(max_iter, "max_iter", minimum=1)
-    working_set = check_int(working_set, "working_set", minimum=1)
+    options = check_hull_options(method=method, tol=tol, zero_tol=zero_tol, max_iter=max_iter, solver=solver,
+                                 solver_options=solver_options, working_set=working_set)
     wanted(progress)  # checks the argument before any work
     spec = class_pairs(y, pairs, classes=classes)
-    if method == "reference":
-        out = {}
-        for a, b, ra, rb in progress_bar(spec, progress=progress, desc="hull distance (reference)", leave=False):
-            out[(a, b)] = _reference(X[ra], X[rb], tol=tol, zero_tol=zero_tol, solver=solver,
-                                     solver_options=solver_options)
-        return out
-    results = _native_many(X, [(ra, rb) for _, _, ra, rb in spec], tol=tol, zero_tol=zero_tol,
-                           max_iter=max_iter, add=working_set, warm=None, progress=progress)
+    results = solve_pairs(X, [(ra, rb) for _, _, ra, rb in spec], options, progress=progress)
     return {(a, b): r for (a, b, _, _), r in zip(spec, results)}
 
 
@@ -712,18 +749,23 @@ def _positions(rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
 # Reference solver (cvxpy)
 # ----------------------------------------------------------------------------
 
+def _check_solver(solver: Any) -> None:
+    import cvxpy as cp
+
+    if not isinstance(solver, str):
+        raise TypeError(f"solver: expected a cvxpy solver name, got {describe(solver)}")
+    if solver.upper() not in cp.installed_solvers():
+        raise ValueError(f"solver: expected one of the installed cvxpy solvers {cp.installed_solvers()}, "
+                         f"got {solver!r}")
+
+
 def _reference(A: torch.Tensor, B: torch.Tensor, *, tol: float, zero_tol: float, solver: str,
                solver_options: dict | None) -> HullDistance:
     """Solve the hull-distance SOCP with cvxpy and certify its answer like the native solver."""
     import cvxpy as cp
     import numpy as np
 
-    if not isinstance(solver, str):
-        raise TypeError(f"solver: expected a cvxpy solver name, got {describe(solver)}")
     name = solver.upper()
-    if name not in cp.installed_solvers():
-        raise ValueError(f"solver: expected one of the installed cvxpy solvers {cp.installed_solvers()}, "
-                         f"got {solver!r}")
     start = time.perf_counter()
     A64, B64 = A.to(torch.float64), B.to(torch.float64)
     mean = torch.cat([A64, B64]).mean(0)
@@ -771,7 +813,7 @@ def _reference(A: torch.Tensor, B: torch.Tensor, *, tol: float, zero_tol: float,
 # Overlap certificates for upper bounds of the other measures
 # ----------------------------------------------------------------------------
 
-def _disjoint_overlaps(A: torch.Tensor, B: torch.Tensor, first: HullDistance, max_count: int) -> int:
+def count_disjoint_overlaps(A: torch.Tensor, B: torch.Tensor, first: HullDistance, max_count: int) -> int:
     """Count point-disjoint subsets ``(S_A, S_B)`` whose hulls meet, found greedily.
 
     Starts from ``first`` (a result for ``A`` and ``B`` with ``separable=False``): its support is
@@ -797,6 +839,6 @@ def _disjoint_overlaps(A: torch.Tensor, B: torch.Tensor, first: HullDistance, ma
             return count
         ia = torch.nonzero(keep_a).flatten()
         ib = torch.nonzero(keep_b).flatten()
-        res = hull_distance(A[ia], B[ib], tol=first.tol, zero_tol=first.zero_tol)
+        res = hull_distance_core(A[ia], B[ib], check_hull_options(tol=first.tol, zero_tol=first.zero_tol))
         if res.separable is not False:
             return count

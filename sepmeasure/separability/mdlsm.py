@@ -26,6 +26,7 @@ with strict inequality), in :math:`O((n+m)\log(n+m))`, without forming the :math
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -37,13 +38,15 @@ import torch
 from ..validation import check_int
 from ._results import CertifiedResult
 from ._cvx import solve_reporting_status
-from ._search import (certified_search, check_bound_args, check_search_args, failure_status,
-                      highs_options, proven_bound, start_directions, unit_sup_norm)
+from ._search import (certified_search, check_bound_options, check_hull_argument, check_search_options,
+                      failure_status, highs_options, proven_bound, start_directions, unit_sup_norm)
 from ._search import check_direction as _check_direction
 from .hull import HullDistance
+from .options import check_option_names, options_from_signature
 from .pointsets import check_point_sets, span_coordinates
 
 __all__ = ["MDLSM", "md_lsm", "pair_fraction"]
+# internal API of the separability package: MDLSMOptions, check_md_lsm_options, md_lsm_core
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -238,19 +241,45 @@ def md_lsm(A: Any, B: Any, method: str = "auto", *, seed: int = 0, n_starts: int
     (0.75, 0.75)
     """
     start = time.perf_counter()
-    A, B, seed, n_starts, steps = check_search_args(A, B, method, seed, n_starts, steps)
-    max_pairs = check_int(max_pairs, "max_pairs", minimum=1)
-    exact_max_pairs = check_int(exact_max_pairs, "exact_max_pairs", minimum=0)
-    time_limit, margin, witnesses = check_bound_args(time_limit, margin, witnesses, hull)
+    A, B = check_point_sets(A, B)
+    options = check_md_lsm_options(method=method, seed=seed, n_starts=n_starts, steps=steps, max_pairs=max_pairs,
+                                   exact_max_pairs=exact_max_pairs, time_limit=time_limit, margin=margin,
+                                   witnesses=witnesses)
+    check_hull_argument(hull, A, B)
+    return md_lsm_core(A, B, options, hull=hull, start=start)
+
+
+MDLSMOptions = options_from_signature("MDLSMOptions", md_lsm, exclude=("A", "B", "hull"))
+
+
+def check_md_lsm_options(**given: Any) -> Any:
+    """Check the options of :func:`md_lsm` (any subset, by name); return an ``MDLSMOptions``."""
+    check_option_names(given, MDLSMOptions, "md_lsm")
+    o = MDLSMOptions(**given)
+    method, seed, n_starts, steps = check_search_options(o.method, o.seed, o.n_starts, o.steps)
+    time_limit, margin, witnesses = check_bound_options(o.time_limit, o.margin, o.witnesses)
+    return dataclasses.replace(o, method=method, seed=seed, n_starts=n_starts, steps=steps,
+                               max_pairs=check_int(o.max_pairs, "max_pairs", minimum=1),
+                               exact_max_pairs=check_int(o.exact_max_pairs, "exact_max_pairs", minimum=0),
+                               time_limit=time_limit, margin=margin, witnesses=witnesses)
+
+
+def md_lsm_core(A: torch.Tensor, B: torch.Tensor, options: Any, hull: HullDistance | None = None,
+                start: float | None = None) -> MDLSM:
+    """:func:`md_lsm` of checked point sets with checked ``MDLSMOptions`` and a matching ``hull`` (or None)."""
+    start = time.perf_counter() if start is None else start
+    o = options
     n, m = A.shape[0], B.shape[0]
     total = n * m
+    method = o.method
     if method == "auto":
-        method = "exact" if total <= exact_max_pairs else "approx"
+        method = "exact" if total <= o.exact_max_pairs else "approx"
     coincident = _coincident_pairs(A, B)
     best_count, best_normal, upper_count, status = certified_search(
-        A, B, method, hull, total=total, witnesses=witnesses, certain_loss=coincident,
-        approx=lambda h: _approx_search(A, B, h, seed=seed, n_starts=n_starts, steps=steps, max_pairs=max_pairs),
-        exact=lambda known: _exact_milp(A, B, known, coincident, time_limit=time_limit, margin=margin))
+        A, B, method, hull, total=total, witnesses=o.witnesses, certain_loss=coincident,
+        approx=lambda h: _approx_search(A, B, h, seed=o.seed, n_starts=o.n_starts, steps=o.steps,
+                                        max_pairs=o.max_pairs),
+        exact=lambda known: _exact_milp(A, B, known, coincident, time_limit=o.time_limit, margin=o.margin))
     return MDLSM(value=best_count / total, lower=best_count / total, upper=upper_count / total,
                  normal=best_normal, method=method, status=status, n_pairs=total, coincident_pairs=coincident,
                  n_a=n, n_b=m, d=A.shape[1], seconds=time.perf_counter() - start)

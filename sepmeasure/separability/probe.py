@@ -5,13 +5,14 @@ device the features are on (CPU or CUDA) and gives the same answer up to floatin
 """
 from __future__ import annotations
 
-import math
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..validation import check_features, check_fraction, check_int, check_labels, check_positive, describe
+from .options import check_option_names, options_from_signature
 from .pointsets import check_point_sets
 
 __all__ = ["ProbeResult", "fit_logistic", "linear_probe", "wilson_interval"]
@@ -49,7 +50,11 @@ class ProbeResult:
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (95% by default).
+    """Wilson score interval for a binomial proportion (95% by default), computed by scipy.
+
+    ``scipy.stats.binomtest(successes, n).proportion_ci(method="wilson")`` at the confidence
+    level ``2 * Phi(z) - 1``; the bounds are exactly 0 at ``successes == 0`` and 1 at
+    ``successes == n``.
 
     Parameters
     ----------
@@ -83,14 +88,18 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
     if successes > n:
         raise ValueError(f"successes: expected at most n = {n}, got {successes}")
     z = check_positive(z, "z")
+    return _wilson(successes, n, z)
+
+
+def _wilson(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """scipy's Wilson interval (``binomtest(...).proportion_ci(method="wilson")``) at the level of ``z``."""
     if n == 0:
         return 0.0, 1.0
-    p = successes / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    lo = 0.0 if successes == 0 else max(0.0, center - half)
-    hi = 1.0 if successes == n else min(1.0, center + half)
+    from scipy.stats import binomtest, norm
+
+    ci = binomtest(successes, n).proportion_ci(confidence_level=float(2 * norm.cdf(z) - 1), method="wilson")
+    lo = 0.0 if successes == 0 else max(0.0, float(ci.low))
+    hi = 1.0 if successes == n else min(1.0, float(ci.high))
     return lo, hi
 
 
@@ -151,6 +160,13 @@ def fit_logistic(X: torch.Tensor, y: torch.Tensor, *, l2: float = 1e-3, max_iter
         if weights.shape[0] != X.shape[0] or bool((weights < 0).any()):
             raise ValueError(f"weights: expected {X.shape[0]} non-negative per-sample weights (one per row of X), "
                              f"got {describe(weights)}")
+    return logistic_core(X, y, l2=l2, max_iter=max_iter, weights=weights)
+
+
+def logistic_core(X: torch.Tensor, y: torch.Tensor, *, l2: float, max_iter: int,
+                  weights: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """:func:`fit_logistic` of checked inputs (``X`` float64, ``y`` 0/1 on ``X``'s device; no checks here)."""
+    X = X.to(torch.float64)
     yf = y.to(torch.float64)
     mean = X.mean(0)
     std = X.std(0, unbiased=False)
@@ -228,30 +244,47 @@ def linear_probe(A: Any, B: Any, *, test_fraction: float = 0.3, seed: int = 0, l
     1.0
     """
     A, B = check_point_sets(A, B)
-    test_fraction = check_fraction(test_fraction, "test_fraction")
-    seed = check_int(seed, "seed", minimum=0)
+    options = check_probe_options(test_fraction=test_fraction, seed=seed, l2=l2, max_iter=max_iter)
     for name, S in (("A", A), ("B", B)):
         if S.shape[0] < 2:
             raise ValueError(f"{name}: expected at least 2 points for a held-out probe, got {S.shape[0]}")
-    g = torch.Generator().manual_seed(seed)
+    return linear_probe_core(A, B, options)
+
+
+ProbeOptions = options_from_signature("ProbeOptions", linear_probe, exclude=("A", "B"))
+
+
+def check_probe_options(**given: Any) -> Any:
+    """Check the options of :func:`linear_probe` (any subset, by name); return a ``ProbeOptions``."""
+    check_option_names(given, ProbeOptions, "linear_probe")
+    o = ProbeOptions(**given)
+    return dataclasses.replace(o, test_fraction=check_fraction(o.test_fraction, "test_fraction"),
+                               seed=check_int(o.seed, "seed", minimum=0),
+                               l2=check_positive(o.l2, "l2", strict=False),
+                               max_iter=check_int(o.max_iter, "max_iter", minimum=1))
+
+
+def linear_probe_core(A: torch.Tensor, B: torch.Tensor, options: Any) -> ProbeResult:
+    """:func:`linear_probe` of checked sets of at least 2 points each, with checked ``ProbeOptions``."""
+    g = torch.Generator().manual_seed(options.seed)
     parts = []
     for S, label in ((A, 1), (B, 0)):
         n = S.shape[0]
-        k = min(max(1, round(test_fraction * n)), n - 1)
+        k = min(max(1, round(options.test_fraction * n)), n - 1)
         order = torch.randperm(n, generator=g).to(S.device)
         parts.append((S[order[k:]], S[order[:k]], label))
     Xtr = torch.cat([p[0] for p in parts])
     ytr = torch.cat([torch.full((p[0].shape[0],), p[2], device=A.device) for p in parts])
     Xte = torch.cat([p[1] for p in parts])
     yte = torch.cat([torch.full((p[1].shape[0],), p[2], device=A.device) for p in parts])
-    w, b = fit_logistic(Xtr, ytr, l2=l2, max_iter=max_iter)
+    w, b = logistic_core(Xtr, ytr, l2=options.l2, max_iter=options.max_iter)
     pred_te = ((Xte.to(torch.float64) @ w + b) > 0).long()
     pred_tr = ((Xtr.to(torch.float64) @ w + b) > 0).long()
     correct = int((pred_te == yte).sum())
-    lo, hi = wilson_interval(correct, yte.numel())
+    lo, hi = _wilson(correct, yte.numel())
     norm = float(w.norm())
     normal = w / norm if norm > 0 else w
     return ProbeResult(accuracy=correct / yte.numel(), lower=lo, upper=hi,
                        train_accuracy=float((pred_tr == ytr).double().mean()), normal=normal,
                        bias=b / norm if norm > 0 else b, n_train=int(ytr.numel()), n_test=int(yte.numel()),
-                       seed=seed)
+                       seed=options.seed)

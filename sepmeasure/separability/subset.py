@@ -16,6 +16,7 @@ found exactly by sorting: :func:`subset_fraction`.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -27,13 +28,15 @@ import torch
 from ..validation import check_int
 from ._results import CertifiedResult
 from ._cvx import solve_reporting_status
-from ._search import (certified_search, check_bound_args, check_search_args, failure_status,
-                      highs_options, proven_bound, start_directions, unit_sup_norm)
+from ._search import (certified_search, check_bound_options, check_hull_argument, check_search_options,
+                      failure_status, highs_options, proven_bound, start_directions, unit_sup_norm)
 from ._search import check_direction as _check_direction
 from .hull import HullDistance
+from .options import check_option_names, options_from_signature
 from .pointsets import check_point_sets, span_coordinates
 
 __all__ = ["SubsetFraction", "separable_subset_fraction", "subset_fraction"]
+# internal API of the separability package: SubsetOptions, check_subset_options, separable_subset_core
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -204,17 +207,42 @@ def separable_subset_fraction(A: Any, B: Any, method: str = "auto", *, seed: int
     (0.6, 0.6)
     """
     start = time.perf_counter()
-    A, B, seed, n_starts, steps = check_search_args(A, B, method, seed, n_starts, steps)
-    exact_max_points = check_int(exact_max_points, "exact_max_points", minimum=0)
-    time_limit, margin, witnesses = check_bound_args(time_limit, margin, witnesses, hull)
+    A, B = check_point_sets(A, B)
+    options = check_subset_options(method=method, seed=seed, n_starts=n_starts, steps=steps,
+                                   exact_max_points=exact_max_points, time_limit=time_limit, margin=margin,
+                                   witnesses=witnesses)
+    check_hull_argument(hull, A, B)
+    return separable_subset_core(A, B, options, hull=hull, start=start)
+
+
+SubsetOptions = options_from_signature("SubsetOptions", separable_subset_fraction, exclude=("A", "B", "hull"))
+
+
+def check_subset_options(**given: Any) -> Any:
+    """Check the options of :func:`separable_subset_fraction` (any subset, by name); return a ``SubsetOptions``."""
+    check_option_names(given, SubsetOptions, "separable_subset_fraction")
+    o = SubsetOptions(**given)
+    method, seed, n_starts, steps = check_search_options(o.method, o.seed, o.n_starts, o.steps)
+    time_limit, margin, witnesses = check_bound_options(o.time_limit, o.margin, o.witnesses)
+    return dataclasses.replace(o, method=method, seed=seed, n_starts=n_starts, steps=steps,
+                               exact_max_points=check_int(o.exact_max_points, "exact_max_points", minimum=0),
+                               time_limit=time_limit, margin=margin, witnesses=witnesses)
+
+
+def separable_subset_core(A: torch.Tensor, B: torch.Tensor, options: Any, hull: HullDistance | None = None,
+                          start: float | None = None) -> SubsetFraction:
+    """:func:`separable_subset_fraction` of checked sets with checked ``SubsetOptions`` and a matching ``hull``."""
+    start = time.perf_counter() if start is None else start
+    o = options
     n, m = A.shape[0], B.shape[0]
     total = n + m
+    method = o.method
     if method == "auto":
-        method = "exact" if total <= exact_max_points else "approx"
+        method = "exact" if total <= o.exact_max_points else "approx"
     best, (normal, offset), upper, status = certified_search(
-        A, B, method, hull, total=total, witnesses=witnesses,
-        approx=lambda h: _approx_subset(A, B, h, seed=seed, n_starts=n_starts, steps=steps),
-        exact=lambda known: _exact_subset_milp(A, B, known, time_limit=time_limit, margin=margin))
+        A, B, method, hull, total=total, witnesses=o.witnesses,
+        approx=lambda h: _approx_subset(A, B, h, seed=o.seed, n_starts=o.n_starts, steps=o.steps),
+        exact=lambda known: _exact_subset_milp(A, B, known, time_limit=o.time_limit, margin=o.margin))
     return SubsetFraction(value=best / total, lower=best / total, upper=upper / total, normal=normal,
                           offset=offset, method=method, status=status, n_a=n, n_b=m, d=A.shape[1],
                           seconds=time.perf_counter() - start)

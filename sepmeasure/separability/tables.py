@@ -15,19 +15,14 @@ import pandas as pd
 import torch
 
 from .._progress import progress_bar, wanted
-from ..validation import (check_choice, check_features, check_fraction, check_int, check_labels, check_positive,
-                          describe)
-from ._search import METHODS
-from .hull import _native_many
-from .mdlsm import md_lsm
+from ..validation import check_features, check_int, check_labels, describe
+from .hull import solve_pairs
 from .pointsets import class_pairs
-from .probe import linear_probe
-from .subset import separable_subset_fraction
+from .registry import HULL, MEASURES, REGISTRY, PairInput, check_measures, resolve_options
 
 __all__ = ["MEASURES", "COLUMNS", "layer_separability", "separability_summary", "balanced_subsample",
            "class_subsample", "add_relative_hull_distance"]
 
-MEASURES = ("md_lsm", "hull_distance", "linear_probe", "separable_subset")
 COLUMNS = ["layer", "class_a", "class_b", "measure", "value", "lower", "upper", "method", "status",
            "n_a", "n_b", "d", "seed", "max_per_class", "seconds"]
 
@@ -210,9 +205,10 @@ def _layers_of(activations: Any) -> dict[str, torch.Tensor]:
 def layer_separability(activations: Any, labels: Any = None,
                        measures: Sequence[str] = ("md_lsm", "hull_distance", "linear_probe"), pairs: Any = "ovo", *,
                        max_per_class: int | None = None, seed: int = 0, device: torch.device | str | None = None,
-                       classes: Sequence[int] | None = None, md_lsm_method: str = "auto",
-                       subset_method: str = "auto", hull_tol: float = 1e-6, hull_max_iter: int = 1000,
-                       probe_test_fraction: float = 0.3, progress: bool = True) -> pd.DataFrame:
+                       classes: Sequence[int] | None = None, options: Mapping[str, Mapping[str, Any]] | None = None,
+                       md_lsm_method: str | None = None, subset_method: str | None = None,
+                       hull_tol: float | None = None, hull_max_iter: int | None = None,
+                       probe_test_fraction: float | None = None, progress: bool = True) -> pd.DataFrame:
     """Separability of every layer for every class pair, as a tidy table.
 
     Measures (rows of the table, per layer and class pair):
@@ -253,15 +249,18 @@ def layer_separability(activations: Any, labels: Any = None,
         Where to compute (default: where each layer's tensor lives).
     classes : sequence of int, optional
         Only these classes.
-    md_lsm_method, subset_method : str, default "auto"
-        ``method`` of :func:`md_lsm` and :func:`separable_subset_fraction` (``"auto"``: exact on
-        tiny pairs, approximate otherwise).
-    hull_tol, hull_max_iter : float and int, default 1e-6 and 1000
-        Tolerance and rounds of the hull solver.
-    probe_test_fraction : float, default 0.3
-        Held-out share of each class of a pair for ``"linear_probe"`` (``test_fraction`` of
-        :func:`linear_probe`); a pair with a class of fewer than 2 points gets NaN and the status
-        ``"too_few_points"``.
+    options : mapping, optional
+        Options of the measures, ``{measure name: {option: value}}``, with the names and defaults
+        of the measure's public function (:func:`md_lsm`, :func:`hull_distance`,
+        :func:`linear_probe`, :func:`separable_subset_fraction`; see
+        :data:`~sepmeasure.separability.registry.REGISTRY`). Seeds come from ``seed``. The
+        ``"hull_distance"`` options drive the layer's hull solve that ``md_lsm`` and
+        ``separable_subset`` reuse.
+    md_lsm_method, subset_method, hull_tol, hull_max_iter, probe_test_fraction : optional
+        Short forms of ``options`` (``md_lsm``'s and ``separable_subset``'s ``method``,
+        ``hull_distance``'s ``tol`` and ``max_iter``, ``linear_probe``'s ``test_fraction``);
+        ``None`` keeps the measure's default. A pair with a class of fewer than 2 points gets NaN
+        and the status ``"too_few_points"`` for ``"linear_probe"``.
     progress : bool, default True
         Progress bar over layers and pairs (on a terminal or in a notebook, after a second).
 
@@ -305,16 +304,14 @@ def layer_separability(activations: Any, labels: Any = None,
         labels = getattr(activations, "labels", None)
         if labels is None:
             raise ValueError("labels: expected class labels (or activations with a .labels attribute), got None")
-    measures = _check_measures(measures)
+    measures = check_measures(measures)
     seed = check_int(seed, "seed", minimum=0)
     wanted(progress)  # checks the argument before any work
     if max_per_class is not None:
         max_per_class = check_int(max_per_class, "max_per_class", minimum=1)
-    check_choice(md_lsm_method, "md_lsm_method", METHODS)
-    check_choice(subset_method, "subset_method", METHODS)
-    hull_tol = check_positive(hull_tol, "hull_tol")
-    hull_max_iter = check_int(hull_max_iter, "hull_max_iter", minimum=1)
-    probe_test_fraction = check_fraction(probe_test_fraction, "probe_test_fraction")
+    resolved = resolve_options(options, {"md_lsm_method": md_lsm_method, "subset_method": subset_method,
+                                         "hull_tol": hull_tol, "hull_max_iter": hull_max_iter,
+                                         "probe_test_fraction": probe_test_fraction}, seed=seed)
     dev = torch.device(device) if device is not None else None
     first = next(iter(layers))
     n_rows = layers[first].shape[0] if isinstance(layers[first], torch.Tensor) and layers[first].ndim else None
@@ -338,9 +335,8 @@ def layer_separability(activations: Any, labels: Any = None,
             if dev is not None:
                 X = X.to(dev)
             X = X[sel.to(X.device)]
-            rows.extend(_layer_rows(name, X, spec, measures, seed=seed, max_per_class=max_per_class,
-                                    md_lsm_method=md_lsm_method, subset_method=subset_method, hull_tol=hull_tol,
-                                    hull_max_iter=hull_max_iter, probe_test_fraction=probe_test_fraction, bar=bar))
+            rows.extend(_layer_rows(name, X, spec, measures, resolved, seed=seed, max_per_class=max_per_class,
+                                    bar=bar))
     finally:
         bar.close()
     table = pd.DataFrame(rows, columns=COLUMNS)
@@ -350,63 +346,28 @@ def layer_separability(activations: Any, labels: Any = None,
     return table
 
 
-def _check_measures(measures: Any) -> tuple[str, ...]:
-    if isinstance(measures, str):
-        measures = (measures,)
-    try:
-        out = tuple(measures)
-    except TypeError:
-        raise TypeError(f"measures: expected a sequence of measure names from {MEASURES}, "
-                        f"got {describe(measures)}") from None
-    if not out:
-        raise ValueError(f"measures: expected at least one of {MEASURES}, got an empty sequence")
-    for m in out:
-        if m not in MEASURES:
-            raise ValueError(f"measures: expected names from {MEASURES}, got {m!r}")
-    return out
-
-
-def _layer_rows(name: str, X: torch.Tensor, spec: list, measures: tuple[str, ...], *, seed: int,
-                max_per_class: int | None, md_lsm_method: str, subset_method: str, hull_tol: float,
-                hull_max_iter: int, probe_test_fraction: float, bar) -> list[dict[str, Any]]:
+def _layer_rows(name: str, X: torch.Tensor, spec: list, measures: tuple[str, ...], options: dict[str, Any], *,
+                seed: int, max_per_class: int | None, bar) -> list[dict[str, Any]]:
+    """The rows of one layer: one batched hull solve for the pairs, then every measure's core per pair."""
     dev = X.device
     base = {"layer": name, "d": int(X.shape[1]), "seed": seed, "max_per_class": max_per_class}
     hulls = None
-    if {"hull_distance", "md_lsm", "separable_subset"} & set(measures):
+    hull_seconds = float("nan")
+    if any(REGISTRY[m].uses_hull for m in measures):
         start = time.perf_counter()
-        hulls = _native_many(X, [(ra.to(dev), rb.to(dev)) for _, _, ra, rb in spec], tol=hull_tol,
-                             zero_tol=1e-9, max_iter=hull_max_iter, add=64, warm=None)
+        hulls = solve_pairs(X, [(ra.to(dev), rb.to(dev)) for _, _, ra, rb in spec], options[HULL])
         hull_seconds = (time.perf_counter() - start) / max(len(spec), 1)
     rows = []
     for k, (a, b, ra, rb) in enumerate(spec):
         A, B = X[ra.to(dev)], X[rb.to(dev)]
-        pair = {**base, "class_a": a, "class_b": b, "n_a": int(A.shape[0]), "n_b": int(B.shape[0])}
+        pair = PairInput(A, B, hulls[k] if hulls is not None else None)
+        head = {**base, "class_a": a, "class_b": b, "n_a": int(A.shape[0]), "n_b": int(B.shape[0])}
         for measure in measures:
+            entry = REGISTRY[measure]
             start = time.perf_counter()
-            if measure == "hull_distance":
-                h = hulls[k]
-                row = {"value": h.distance, "lower": h.lower, "upper": h.upper, "method": h.method,
-                       "status": h.status}
-                seconds = hull_seconds
-            elif measure == "md_lsm":
-                r = md_lsm(A, B, md_lsm_method, seed=seed, hull=hulls[k])
-                row = {"value": r.value, "lower": r.lower, "upper": r.upper, "method": r.method, "status": r.status}
-                seconds = time.perf_counter() - start
-            elif measure == "separable_subset":
-                r = separable_subset_fraction(A, B, subset_method, seed=seed, hull=hulls[k])
-                row = {"value": r.value, "lower": r.lower, "upper": r.upper, "method": r.method, "status": r.status}
-                seconds = time.perf_counter() - start
-            else:
-                if A.shape[0] < 2 or B.shape[0] < 2:
-                    row = {"value": float("nan"), "lower": float("nan"), "upper": float("nan"),
-                           "method": "logistic probe", "status": "too_few_points"}
-                else:
-                    p = linear_probe(A, B, test_fraction=probe_test_fraction, seed=seed)
-                    row = {"value": p.accuracy, "lower": p.lower, "upper": p.upper,
-                           "method": f"logistic probe (held-out {probe_test_fraction:g}, Wilson 95%)",
-                           "status": f"n_test={p.n_test}"}
-                seconds = time.perf_counter() - start
-            rows.append({**pair, "measure": measure, **row, "seconds": seconds})
+            row = entry.compute(pair, options[measure])
+            seconds = hull_seconds if entry.solved_per_layer else time.perf_counter() - start
+            rows.append({**head, "measure": measure, **row, "seconds": seconds})
         bar.update(1)
     return rows
 
