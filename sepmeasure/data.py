@@ -273,7 +273,7 @@ def load_dataset(name: str, split: str = "train", seed: int = 0, *, size: int | 
         ``seed < 0``; ``size < 4``; ``noise`` is negative or not finite; ``test_fraction`` is
         not strictly between 0 and 1; ``standardize`` is not one of the accepted values; the
         train or test part would be empty (few samples and an extreme ``test_fraction``; the
-        message names the data, e.g. ``two_moons.X``).
+        message names ``test_fraction`` and the data).
     FileNotFoundError, KeyError
         For an ``.npz`` path, as :func:`load_npz` raises them (as well as its ``TypeError`` and
         ``ValueError``).
@@ -326,6 +326,10 @@ def load_dataset(name: str, split: str = "train", seed: int = 0, *, size: int | 
 def _make_split(X: np.ndarray, y: np.ndarray, name: str, split: str, seed: int, test_fraction: float,
                 how: str | None, meta: dict) -> LabeledData | Split:
     tr, te = _split_indices(y, test_fraction, seed)
+    if not len(tr) or not len(te):
+        raise ValueError(f"test_fraction: expected a split of {name!r} ({len(y)} samples, "
+                         f"{len(np.unique(y))} classes) that leaves samples in both parts, got {len(tr)} train and "
+                         f"{len(te)} test samples with test_fraction={test_fraction}")
     Xtr, Xte, stats = _standardize(X[tr], X[te], how)
     meta = {**meta, **stats}
     train = LabeledData(torch.from_numpy(np.ascontiguousarray(Xtr)), torch.from_numpy(y[tr].copy()), name,

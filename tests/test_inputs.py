@@ -248,3 +248,60 @@ def test_dataset_float_labels_are_checked_and_used_as_classes():
     # float labels from a Dataset become int64 classes when exactly integral
     r = evaluate(MLP(2, [4], 2), _Items(), batch_size=3)
     assert r["n"] == 4
+
+
+# ----------------------------------------------------------------------------
+# Fuzzing the .npz reader
+# ----------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_NPZ_ERRORS = (ValueError, KeyError, TypeError)
+
+
+def _valid_npz_bytes() -> bytes:
+    buf = io.BytesIO()
+    rng = np.random.default_rng(3)
+    np.savez(buf, X=rng.normal(size=(12, 3)), y=np.arange(12) % 3)
+    return buf.getvalue()
+
+
+_VALID = _valid_npz_bytes()
+
+
+def _assert_named_or_loaded(path, call):
+    try:
+        out = call()
+    except _NPZ_ERRORS as exc:
+        message = str(exc.args[0]) if exc.args else ""
+        # the argument (the file, or the split asked of it) or the file's array is named
+        assert message.startswith(("path: ", "test_fraction: ")) or "fuzz.npz" in message, message
+        return
+    train, test = out
+    for part in (train, test):
+        assert part.X.dtype == torch.float32 and torch.isfinite(part.X).all()
+        assert part.y.dtype == torch.int64 and (part.y >= 0).all() and len(part.y) == len(part.X)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(0, len(_VALID)), flips=st.lists(st.tuples(st.integers(0, len(_VALID) - 1),
+                                                                 st.integers(1, 255)), max_size=4))
+def test_fuzzed_npz_files_load_or_fail_with_a_named_error(tmp_path, cut, flips):
+    data = bytearray(_VALID[:cut] if cut < len(_VALID) and not flips else _VALID)
+    for at, xor in flips:
+        data[at] ^= xor
+    path = tmp_path / "fuzz.npz"
+    path.write_bytes(bytes(data))
+    _assert_named_or_loaded(path, lambda: load_npz(path))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(X=st.one_of(st.just(np.zeros((0, 2))), st.lists(st.floats(allow_nan=True, allow_infinity=True,
+                                                                  width=64), min_size=1, max_size=12).map(
+           lambda v: np.array(v).reshape(-1, 1))),
+       y=st.lists(st.one_of(st.integers(-3, 2 ** 63 - 1), st.floats(-5, 1e30)), min_size=0, max_size=12))
+def test_fuzzed_npz_contents_load_or_fail_with_a_named_error(tmp_path, X, y):
+    path = tmp_path / "fuzz.npz"
+    np.savez(path, X=X, y=np.array(y))
+    _assert_named_or_loaded(path, lambda: load_npz(path, test_fraction=0.5))
