@@ -32,9 +32,10 @@ T = TypeVar("T")
 # Arguments
 # ----------------------------------------------------------------------------
 
-def check_search_options(method: Any, seed: Any, n_starts: Any, steps: Any) -> tuple[str, int, int, int]:
-    """Check ``method`` and the arguments of the approximate search."""
-    check_choice(method, "method", METHODS)
+def check_search_options(method: Any, seed: Any, n_starts: Any, steps: Any,
+                         methods: tuple[str, ...] = METHODS) -> tuple[str, int, int, int]:
+    """Check ``method`` (one of ``methods``) and the arguments of the approximate search."""
+    check_choice(method, "method", methods)
     seed = check_int(seed, "seed", minimum=0)
     n_starts = check_int(n_starts, "n_starts", minimum=0)
     steps = check_int(steps, "steps", minimum=0)

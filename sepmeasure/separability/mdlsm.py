@@ -38,6 +38,7 @@ import torch
 from ..validation import check_int
 from ._results import CertifiedResult
 from ._cvx import solve_reporting_status
+from ._search import METHODS as SEARCH_METHODS
 from ._search import (certified_search, check_bound_options, check_hull_argument, check_search_options,
                       failure_status, highs_options, proven_bound, start_directions, unit_sup_norm)
 from ._search import check_direction as _check_direction
@@ -46,6 +47,8 @@ from .options import check_option_names, options_from_signature
 from .pointsets import check_point_sets, span_coordinates
 
 __all__ = ["MDLSM", "md_lsm", "pair_fraction"]
+
+METHODS = (*SEARCH_METHODS, "sweep")
 # internal API of the separability package: MDLSMOptions, check_md_lsm_options, md_lsm_core
 
 
@@ -65,7 +68,7 @@ class MDLSM(CertifiedResult):
     normal : Tensor of shape (d,) or None
         Unit direction attaining ``value`` (float64); ``None`` when no direction counts any pair.
     method : str
-        ``"exact"`` or ``"approx"``.
+        ``"sweep"``, ``"exact"`` or ``"approx"``.
     status : str
         ``"optimal"`` (``lower == upper``, also when a program stopped at its time limit on
         the way), ``"gap"`` (exact, an interval remains),
@@ -169,18 +172,41 @@ def pair_fraction(A: Any, B: Any, w: Any) -> float:
 
 def md_lsm(A: Any, B: Any, method: str = "auto", *, seed: int = 0, n_starts: int = 2, steps: int = 100,
            max_pairs: int = 100_000, exact_max_pairs: int = 64, time_limit: float = 30.0, margin: float = 1e-5,
-           hull: HullDistance | None = None, witnesses: int = 4) -> MDLSM:
+           hull: HullDistance | None = None, witnesses: int = 4, sweep_max_pairs: int = 4_000_000) -> MDLSM:
     r"""MD-LSM of Zhang et al. 2023 (arXiv 2307.13962), with certified lower and upper bounds.
 
     .. math:: \operatorname{MD\text{-}LSM}(A,B)=\max_{w\neq0}\frac{1}{nm}\#\{(i,j): w^\top(a_i-b_j)>0\}
 
     Ties count for neither side; see the module notes for the range :math:`[(1-t_0)/2, 1]`.
 
+    **MD-LSM is the best in-sample AUC of a linear score.** A pair :math:`(a_i, b_j)` is counted
+    by ``w`` exactly when the score :math:`s(x)=w^\top x` ranks :math:`a_i` strictly above
+    :math:`b_j`, so the count over :math:`nm` is the AUC (Mann-Whitney statistic) of the score
+    ``s`` on ``A`` (positives) against ``B``, with ties counted as neither a success nor half
+    of one, and MD-LSM is the largest such AUC over all linear scores (the offset of a score
+    does not change any comparison). Consequences:
+
+    * only the order of the scores matters, so MD-LSM is invariant to any strictly increasing
+      rescaling of a linear score (and of course to the length of ``w``);
+    * MD-LSM :math:`\ge` the in-sample AUC of every linear classifier fitted to the same points
+      (logistic regression, a linear SVM, LDA, ...): their decision functions are linear
+      scores; when their scores have ties, this holds for the strict count, and for the
+      usual AUC (ties as 1/2) whenever ties are only the coincident pairs;
+    * :math:`1-\operatorname{MD\text{-}LSM}` is the smallest fraction of mis-ordered pairs
+      (:math:`w^\top a_i \le w^\top b_j`, ties included) any direction leaves.
+
     Parameters
     ----------
     A, B : Tensor or array of shape (n, d) and (m, d)
         The two point sets (rows are points), on the same device.
-    method : {"auto", "exact", "approx"}, default "auto"
+    method : {"auto", "sweep", "exact", "approx"}, default "auto"
+        ``"sweep"``: exact when the points span at most 2 dimensions (any ``d``; a ``ValueError``
+        otherwise): in 1-D the two orientations are counted by sorting; in 2-D the count is
+        constant between the :math:`2nm` critical directions (perpendicular to some
+        :math:`a_i-b_j`), which an angular sweep visits in sorted order, :math:`O(nm\log nm)`
+        time and :math:`O(nm)` memory; the best direction is recounted exactly in the input
+        coordinates and the result has ``lower == upper`` and ``status="optimal"`` (critical
+        angles closer than :math:`10^{-12}` rad are treated as one).
         ``"exact"``: a mixed-integer program through cvxpy + HiGHS with one binary per pair
         (small sets only: the work grows quickly beyond ~100 pairs). It maximises the number of
         pairs with :math:`w^\top(a_i-b_j)\ge\delta` over :math:`\|w\|_\infty\le 1` in whitened
@@ -193,7 +219,8 @@ def md_lsm(A: Any, B: Any, method: str = "auto", *, seed: int = 0, n_starts: int
         discriminant, the mean difference and ``n_starts`` random directions, climbs a smooth
         pairwise surrogate (the mean of :math:`\sigma(w^\top(a_i-b_j)/\tau)` over all pairs or
         ``max_pairs`` sampled pairs per step, with :math:`\tau` annealed), and keeps the best
-        exact pair fraction seen. ``"auto"`` is exact when ``n*m <= exact_max_pairs``.
+        exact pair fraction seen. ``"auto"`` is the sweep when ``d <= 2`` and ``n*m <=
+        sweep_max_pairs``, otherwise exact when ``n*m <= exact_max_pairs``, otherwise approximate.
     seed : int, default 0
         Seeds the random starts and the pair sampling (>= 0).
     n_starts, steps, max_pairs : int, default 2, 100 and 100_000
@@ -209,6 +236,8 @@ def md_lsm(A: Any, B: Any, method: str = "auto", *, seed: int = 0, n_starts: int
         :func:`~sepmeasure.separability.hull.hull_distance` of ``A`` and ``B``).
     witnesses : int, default 4
         How many point-disjoint overlap certificates to look for when bounding from above (>= 0).
+    sweep_max_pairs : int, default 4_000_000
+        Largest ``n*m`` for which ``"auto"`` sweeps in 2-D (>= 0; the sweep holds ``2nm`` angles).
 
     Returns
     -------
@@ -256,10 +285,11 @@ def check_md_lsm_options(**given: Any) -> Any:
     """Check the options of :func:`md_lsm` (any subset, by name); return an ``MDLSMOptions``."""
     check_option_names(given, MDLSMOptions, "md_lsm")
     o = MDLSMOptions(**given)
-    method, seed, n_starts, steps = check_search_options(o.method, o.seed, o.n_starts, o.steps)
+    method, seed, n_starts, steps = check_search_options(o.method, o.seed, o.n_starts, o.steps, methods=METHODS)
     time_limit, margin, witnesses = check_bound_options(o.time_limit, o.margin, o.witnesses)
     return dataclasses.replace(o, method=method, seed=seed, n_starts=n_starts, steps=steps,
                                max_pairs=check_int(o.max_pairs, "max_pairs", minimum=1),
+                               sweep_max_pairs=check_int(o.sweep_max_pairs, "sweep_max_pairs", minimum=0),
                                exact_max_pairs=check_int(o.exact_max_pairs, "exact_max_pairs", minimum=0),
                                time_limit=time_limit, margin=margin, witnesses=witnesses)
 
@@ -273,8 +303,16 @@ def md_lsm_core(A: torch.Tensor, B: torch.Tensor, options: Any, hull: HullDistan
     total = n * m
     method = o.method
     if method == "auto":
-        method = "exact" if total <= o.exact_max_pairs else "approx"
+        if A.shape[1] <= 2 and total <= o.sweep_max_pairs:
+            method = "sweep"
+        else:
+            method = "exact" if total <= o.exact_max_pairs else "approx"
     coincident = _coincident_pairs(A, B)
+    if method == "sweep":
+        count, normal, upper, status = _sweep(A, B)
+        return MDLSM(value=count / total, lower=count / total, upper=upper / total, normal=normal, method=method,
+                     status=status, n_pairs=total, coincident_pairs=coincident, n_a=n, n_b=m, d=A.shape[1],
+                     seconds=time.perf_counter() - start)
     best_count, best_normal, upper_count, status = certified_search(
         A, B, method, hull, total=total, witnesses=o.witnesses, certain_loss=coincident,
         approx=lambda h: _approx_search(A, B, h, seed=o.seed, n_starts=o.n_starts, steps=o.steps,
@@ -283,6 +321,75 @@ def md_lsm_core(A: torch.Tensor, B: torch.Tensor, options: Any, hull: HullDistan
     return MDLSM(value=best_count / total, lower=best_count / total, upper=upper_count / total,
                  normal=best_normal, method=method, status=status, n_pairs=total, coincident_pairs=coincident,
                  n_a=n, n_b=m, d=A.shape[1], seconds=time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------
+# Exact in at most two dimensions: sort (1-D) and angular sweep (2-D)
+# ----------------------------------------------------------------------------
+
+_ANGLE_TOL = 1e-12   # critical angles closer than this (radians) are one event
+
+
+def _sweep(A: torch.Tensor, B: torch.Tensor) -> tuple[int, torch.Tensor | None, int, str]:
+    """Exact best count when the points span at most 2 dimensions; ``(count, normal, upper, status)``."""
+    A64, B64 = A.to(torch.float64), B.to(torch.float64)
+    coords = span_coordinates(A, B)
+    r = coords.a.shape[1]
+    if r == 0:
+        return 0, None, 0, "optimal"
+    if r > 2:
+        raise ValueError(f"method: 'sweep' expects points spanning at most 2 dimensions, got points spanning {r} "
+                         f"(use 'auto', 'exact' or 'approx')")
+    if r == 1:
+        count, normal = _best_signed(A64, B64, coords.from_span.T)
+        return count, normal, count, "optimal"
+    best, thetas = _sweep_2d(coords.a, coords.b)
+    dirs = torch.stack([torch.cos(thetas), torch.sin(thetas)]).to(coords.a).T @ coords.from_span
+    count, normal = _best_signed(A64, B64, dirs.T)     # recounted exactly, in the input coordinates
+    if count >= best:
+        return count, normal, count, "optimal"
+    return count, normal, best, "bounded"
+
+
+def _sweep_2d(Ar: torch.Tensor, Br: torch.Tensor, n_check: int = 8) -> tuple[int, torch.Tensor]:
+    """Angular sweep in 2-D coordinates: the best count and the mid-angles of the ``n_check`` best arcs.
+
+    The pair ``(i, j)`` with ``D = a_i - b_j != 0`` at angle ``phi`` counts for the directions in
+    the open half-circle ``(phi - pi/2, phi + pi/2)``: +1 where it enters, -1 where it leaves.
+    Angles are measured from the middle of the widest gap between events, so no group of equal
+    angles straddles the origin; the count just after the origin is the number of half-circles
+    that wrap around it.
+    """
+    D = (Ar[:, None, :] - Br[None, :, :]).reshape(-1, 2)
+    D = D[(D != 0).any(1)]
+    if D.shape[0] == 0:
+        return 0, torch.zeros(1, dtype=Ar.dtype, device=Ar.device)
+    two_pi = 2 * math.pi
+    phi = torch.atan2(D[:, 1], D[:, 0])
+    events = torch.cat([phi - math.pi / 2, phi + math.pi / 2]).remainder(two_pi)
+    ordered = torch.sort(events).values
+    gaps = torch.cat([ordered[1:] - ordered[:-1], (ordered[:1] + two_pi - ordered[-1:])])
+    k = int(gaps.argmax())
+    origin = float(ordered[k] + gaps[k] / 2)
+    enter = (phi - math.pi / 2 - origin).remainder(two_pi)
+    leave = (phi + math.pi / 2 - origin).remainder(two_pi)
+    wrapped = int((leave < enter).sum())
+    angles = torch.cat([enter, leave])
+    delta = torch.cat([torch.ones_like(enter), -torch.ones_like(leave)])
+    angles, order = torch.sort(angles)
+    delta = delta[order]
+    new_group = torch.cat([torch.ones(1, dtype=torch.bool, device=angles.device),
+                           (angles[1:] - angles[:-1]) > _ANGLE_TOL])
+    group = torch.cumsum(new_group.long(), 0) - 1
+    n_groups = int(group[-1]) + 1
+    sums = torch.zeros(n_groups, dtype=delta.dtype, device=delta.device).index_add_(0, group, delta)
+    counts = wrapped + torch.cumsum(sums, 0)             # on the arc after each group
+    first = angles[new_group]
+    last = angles[torch.cat([new_group[1:], torch.ones(1, dtype=torch.bool, device=angles.device)])]
+    nxt = torch.cat([first[1:], first[:1] + two_pi])
+    mids = (last + nxt) / 2 + origin
+    top = torch.topk(counts, min(n_check, n_groups)).indices
+    return int(round(float(counts[top[0]]))), mids[top]
 
 
 def _best_signed(A64: torch.Tensor, B64: torch.Tensor, W: torch.Tensor) -> tuple[int, torch.Tensor | None]:
