@@ -4,7 +4,7 @@
 
     sepmeasure study <name>|all [--quick|--full] [--seeds N] [--out DIR]
                      [--executor local|processes|dask] [--scheduler ADDR] [--workers N]
-                     [--device DEV] [--threads N] [--studies DIR] [--report] [--no-progress]
+                     [--device DEV] [--threads N] [--studies DIR] [--report] [--no-progress] [--wait]
     sepmeasure report [DIR] [--reference DIR]
     sepmeasure list [--studies DIR]
 
@@ -14,8 +14,10 @@ module-level ``STUDY`` (a :class:`sepmeasure.study.Study`). They are loaded from
 paths; the package never imports them. A study is named by its file stem
 (``s1_synchronicity``), its number (``s1``) or the rest of the stem (``synchronicity``).
 
-Exit status: 0 when everything ran; 1 when a study failed (the others still run); 2 on bad
-input (unknown study, an output path that is a file, an unreachable scheduler, ...).
+Exit status: 0 when everything ran; 1 when a study failed (the others still run; a study whose
+folder another run holds fails, unless ``--wait``); 2 on bad input (unknown study, an output path
+that is a file, an unreachable scheduler, a study folder that ``report`` cannot read as one run,
+...); 130 on Ctrl-C and 128 + N on signal N (SIGTERM, SIGHUP), after the workers are shut down.
 """
 from __future__ import annotations
 
@@ -29,6 +31,9 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from .study.errors import StudyTerminated
+from .study.executors import EXECUTORS
 
 __all__ = ["main", "run_study_script", "discover_studies", "load_study", "default_studies_dir", "resolve_studies",
            "CommandError"]
@@ -168,7 +173,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.set_defaults(mode="quick")
     p.add_argument("--seeds", type=_positive_int, default=None, help="number of seeds (default: the study's)")
     p.add_argument("--out", default="reports", help="output folder (default: reports)")
-    p.add_argument("--executor", choices=("local", "processes", "dask"), default=None,
+    p.add_argument("--executor", choices=tuple(EXECUTORS), default=None,
                    help="where configurations run (default: local; dask when --scheduler is given)")
     p.add_argument("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://host:8786")
     p.add_argument("--workers", type=_positive_int, default=None,
@@ -178,6 +183,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="torch threads per configuration (default: 1, fastest for the small models of the "
                         "studies; 0 keeps torch's default)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--wait", action="store_true",
+                   help="when another run writes a study's folder, wait for it (default: that study fails)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -201,19 +208,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_out(out: str) -> Path:
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise CommandError(f"--out: expected a directory, got a file at {out!r}")
-    for parent in path.parents:
-        if parent.exists() and not parent.is_dir():
-            raise CommandError(f"--out: expected a directory, but {str(parent)!r} is a file")
-    return path
+    from .study import check_output_folder
+
+    try:
+        return check_output_folder(out, name="--out")
+    except NotADirectoryError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _executor_kind(args: argparse.Namespace) -> str:
-    if args.scheduler is not None and args.executor not in (None, "dask"):
-        raise CommandError(f"--scheduler: only used with --executor dask, got --executor {args.executor}")
-    return args.executor or ("dask" if args.scheduler is not None else "local")
+    from .study import check_executor
+
+    try:
+        return check_executor(args.executor, args.scheduler, option="--executor")
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _summary_line(result) -> str:
@@ -240,7 +249,7 @@ def _run_studies(studies: list[tuple[str, Any]], args: argparse.Namespace, *, wr
             try:
                 study = load_study(item) if isinstance(item, Path) else item
                 result = study.run(args.mode, seeds=args.seeds, out=out, executor=executor, device=args.device,
-                                   threads=args.threads or None, progress=args.progress)
+                                   threads=args.threads or None, progress=args.progress, wait=args.wait)
             except KeyboardInterrupt:
                 raise
             except Exception as exc:
@@ -269,12 +278,24 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    import pandas as pd
+
+    from .report import find_studies, write_report
+    from .storage import remove_dead_temporaries
+    from .study import StudyFolderError, verify_study_folder
 
     try:
-        written = write_report(args.dir, reference=args.reference)
-    except (FileNotFoundError, NotADirectoryError) as exc:
+        root = Path(args.dir)
+        if root.is_dir():
+            remove_dead_temporaries(root)
+            for study_dir in find_studies(root):
+                verify_study_folder(study_dir)
+        written = write_report(args.dir)
+    except (FileNotFoundError, NotADirectoryError, StudyFolderError) as exc:
         raise CommandError(str(exc)) from None
+    except (ValueError, pd.errors.ParserError) as exc:  # a table or study.json the checks could not vouch for
+        raise CommandError(f"{args.dir}: a study's output cannot be read ({type(exc).__name__}: {exc}); run the "
+                           f"study again") from None
     for name, paths in written["studies"].items():
         print(f"{name}: {paths['html']}")
     print(f"index: {written['index']}")
@@ -312,6 +333,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted; finished configurations are cached, run the same command again to resume",
               file=sys.stderr)
         return 130
+    except StudyTerminated as exc:
+        print(f"{exc}; finished configurations are cached, run the same command again to resume",
+              file=sys.stderr)
+        return 128 + exc.signum
 
 
 def run_study_script(study, argv: Sequence[str] | None = None, *, exit: bool = True) -> int:
@@ -333,6 +358,10 @@ def run_study_script(study, argv: Sequence[str] | None = None, *, exit: bool = T
     except CommandError as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = 2
+    except StudyTerminated as exc:
+        print(f"{exc}; finished configurations are cached, run the same command again to resume",
+              file=sys.stderr)
+        code = 128 + exc.signum
     if exit:
         sys.exit(code)
     return code

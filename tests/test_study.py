@@ -206,19 +206,6 @@ def test_run_one_with_device_keyword_gets_the_device(tmp_path):
     assert r.tables["results"]["seen_device"].tolist() == ["cpu"]
 
 
-@pytest.mark.parametrize("fmt", ["pickle", "parquet"])
-def test_other_cache_formats(tmp_path, fmt):
-    if fmt == "parquet":
-        pytest.importorskip("pyarrow")
-    markers = tmp_path / "m"
-    first = count_study(markers, fmt=fmt).run(out=tmp_path, progress=False)
-    ext = {"pickle": ".pkl", "parquet": ".parquet"}[fmt]
-    assert len(list((tmp_path / "count" / "runs").glob(f"*{ext}"))) == 6
-    again = count_study(markers, fmt=fmt).run(out=tmp_path, progress=False)
-    assert again.n_computed == 0 and n_calls(markers) == 6
-    assert comparable(again.tables["results"]).equals(comparable(first.tables["results"]))
-
-
 # --------------------------------------------------------------------------------------------
 # incompatible or damaged cache files
 
