@@ -135,17 +135,8 @@ class FigureSpec:
 
 
 def _filter(table: pd.DataFrame, where: Mapping[str, Any] | None) -> pd.DataFrame:
-    if not where:
-        return table
-    mask = pd.Series(True, index=table.index)
-    for col, val in where.items():
-        if col not in table.columns:
-            raise ValueError(f"where: column '{col}' is not in the table (columns: {list(table.columns)})")
-        if isinstance(val, (list, tuple, set, frozenset)):
-            mask &= table[col].isin(list(val))
-        else:
-            mask &= table[col] == val
-    return table[mask]
+    from .claims.rows import select_rows  # the one where-filter, shared with claims
+    return select_rows(table, where, "a figure")
 
 
 def render_figure(spec: FigureSpec, table: pd.DataFrame) -> bytes:
