@@ -112,10 +112,13 @@ def test_a_new_measure_is_one_registry_entry(monkeypatch):
         return GapOptions(**given)
 
     def compute(pair, options):
-        gap = float((pair.A.mean(0) - pair.B.mean(0)).norm()) ** options.power
+        return float((pair.A.mean(0) - pair.B.mean(0)).norm()) ** options.power
+
+    def row(gap, options):
         return {"value": gap, "lower": gap, "upper": gap, "method": "mean gap", "status": "exact"}
 
-    monkeypatch.setitem(REGISTRY, "mean_gap", Measure("mean_gap", GapOptions, check, compute, "distance of the means"))
+    monkeypatch.setitem(REGISTRY, "mean_gap", Measure("mean_gap", GapOptions, check, compute, row,
+                                                      "distance of the means"))
     X, y = three_classes()
     table = layer_separability({"x": X}, y, measures=("mean_gap",), options={"mean_gap": {"power": 2.0}},
                                progress=False)

@@ -7,6 +7,8 @@
   pairs at once.
 * :func:`separable_subset_fraction` — the largest strictly separable fraction of the points;
   :func:`subset_fraction` for one direction.
+* :func:`held_out_auc` / :class:`HeldOutAUC` — test AUC of a fitted direction with DeLong's
+  interval (``md_lsm(..., test=...)``, ``layer_separability(..., held_out=0.3)``).
 * :func:`linear_probe` — held-out accuracy of a logistic-regression probe (torch).
 * :func:`layer_separability` / :func:`separability_summary` — tidy per-layer tables;
   :func:`add_relative_hull_distance` — hull distances relative to each layer's spread;
@@ -14,6 +16,7 @@
 * :class:`SeparabilityCallback` — records the tables during :func:`sepmeasure.training.fit`.
 """
 from .callback import SeparabilityCallback
+from .heldout import HeldOutAUC, delong_interval, held_out_auc
 from .hull import HullDistance, HullSolverError, hull_distance, pairwise_hull_distances
 from .mdlsm import MDLSM, md_lsm, pair_fraction
 from .probe import ProbeResult, fit_logistic, linear_probe, wilson_interval
@@ -29,4 +32,5 @@ __all__ = [
     "MEASURES", "layer_separability", "separability_summary", "balanced_subsample", "class_subsample",
     "add_relative_hull_distance",
     "SeparabilityCallback",
+    "HeldOutAUC", "held_out_auc", "delong_interval",
 ]

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from ..validation import check_choice, check_features, check_int, check_positive, describe
+from ..validation import check_choice, check_int, check_positive, describe
 from .hull import HullDistance, HullOptions, count_disjoint_overlaps, hull_distance_core
 from .pointsets import SpanCoordinates, to_span_direction
 from .probe import logistic_core
@@ -59,16 +59,6 @@ def check_hull_argument(hull: Any, A: torch.Tensor, B: torch.Tensor) -> None:
     if (hull.n_a, hull.n_b, hull.d) != (A.shape[0], B.shape[0], A.shape[1]):
         raise ValueError(f"hull: expected the hull distance of these sets ({A.shape[0]} and {B.shape[0]} points in "
                          f"{A.shape[1]} dimensions), got one of {hull.n_a} and {hull.n_b} points in {hull.d}")
-
-
-def check_direction(w: Any, d: int, device: torch.device, name: str = "w") -> torch.Tensor:
-    """Check a direction of ``d`` entries on ``device``; return it in float64."""
-    v = check_features(w, name, ndim=1)
-    if v.shape[0] != d:
-        raise ValueError(f"{name}: expected a direction with {d} entries (the number of features), got {describe(v)}")
-    if v.device != device:
-        raise ValueError(f"{name}: expected a tensor on the device of the points ({device}), got {describe(v)}")
-    return v.to(torch.float64)
 
 
 # ----------------------------------------------------------------------------

@@ -11,7 +11,8 @@ import torch
 
 from ..validation import check_features, describe
 
-__all__ = ["check_point_sets", "class_pairs", "span_coordinates", "SpanCoordinates", "to_span_direction"]
+__all__ = ["check_point_sets", "check_direction", "class_pairs", "span_coordinates", "SpanCoordinates",
+           "to_span_direction"]
 
 
 def check_point_sets(A: Any, B: Any, names: tuple[str, str] = ("A", "B")) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,6 +36,16 @@ def check_point_sets(A: Any, B: Any, names: tuple[str, str] = ("A", "B")) -> tup
         raise ValueError(f"{nb}: expected a tensor on the device of {na} ({a.device}), got {describe(b)}")
     dtype = torch.promote_types(a.dtype, b.dtype)
     return a.to(dtype), b.to(dtype)
+
+
+def check_direction(w: Any, d: int, device: torch.device, name: str = "w") -> torch.Tensor:
+    """Check a direction of ``d`` entries on ``device``; return it in float64."""
+    v = check_features(w, name, ndim=1)
+    if v.shape[0] != d:
+        raise ValueError(f"{name}: expected a direction with {d} entries (the number of features), got {describe(v)}")
+    if v.device != device:
+        raise ValueError(f"{name}: expected a tensor on the device of the points ({device}), got {describe(v)}")
+    return v.to(torch.float64)
 
 
 class SpanCoordinates(NamedTuple):

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ..validation import check_features, check_fraction, check_int, check_labels, check_positive, describe
+from .heldout import check_test_sets
 from .options import check_option_names, options_from_signature
 from .pointsets import check_point_sets
 
@@ -35,7 +36,8 @@ class ProbeResult:
     bias : float
         ``A`` is predicted where ``x @ normal + bias > 0``.
     n_train, n_test : int
-    seed : int
+    seed : int or None
+        Seed of the split; None when the held-out sets were given (``test=``).
     """
 
     accuracy: float
@@ -46,7 +48,7 @@ class ProbeResult:
     bias: float
     n_train: int
     n_test: int
-    seed: int
+    seed: int | None
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -198,7 +200,7 @@ def logistic_core(X: torch.Tensor, y: torch.Tensor, *, l2: float, max_iter: int,
 
 
 def linear_probe(A: Any, B: Any, *, test_fraction: float = 0.3, seed: int = 0, l2: float = 1e-3,
-                 max_iter: int = 100) -> ProbeResult:
+                 max_iter: int = 100, test: Any = None) -> ProbeResult:
     """Held-out accuracy of a logistic-regression probe telling ``A`` from ``B``.
 
     Each set is split at random (seeded, stratified) into a training part and a held-out part
@@ -216,6 +218,10 @@ def linear_probe(A: Any, B: Any, *, test_fraction: float = 0.3, seed: int = 0, l
         Seeds the split (>= 0).
     l2, max_iter : float and int, default 1e-3 and 100
         See :func:`fit_logistic`.
+    test : (A_test, B_test), optional
+        Held-out sets given by the caller (same columns and device): the probe is fitted on all of
+        ``A`` and ``B`` (no split; ``test_fraction`` and ``seed`` are not used) and its accuracy is
+        measured on ``A_test`` (label 1) and ``B_test``.
 
     Returns
     -------
@@ -245,13 +251,15 @@ def linear_probe(A: Any, B: Any, *, test_fraction: float = 0.3, seed: int = 0, l
     """
     A, B = check_point_sets(A, B)
     options = check_probe_options(test_fraction=test_fraction, seed=seed, l2=l2, max_iter=max_iter)
+    if test is not None:
+        return linear_probe_core(A, B, options, test=check_test_sets(test, A))
     for name, S in (("A", A), ("B", B)):
         if S.shape[0] < 2:
             raise ValueError(f"{name}: expected at least 2 points for a held-out probe, got {S.shape[0]}")
     return linear_probe_core(A, B, options)
 
 
-ProbeOptions = options_from_signature("ProbeOptions", linear_probe, exclude=("A", "B"))
+ProbeOptions = options_from_signature("ProbeOptions", linear_probe, exclude=("A", "B", "test"))
 
 
 def check_probe_options(**given: Any) -> Any:
@@ -264,15 +272,19 @@ def check_probe_options(**given: Any) -> Any:
                                max_iter=check_int(o.max_iter, "max_iter", minimum=1))
 
 
-def linear_probe_core(A: torch.Tensor, B: torch.Tensor, options: Any) -> ProbeResult:
-    """:func:`linear_probe` of checked sets of at least 2 points each, with checked ``ProbeOptions``."""
-    g = torch.Generator().manual_seed(options.seed)
+def linear_probe_core(A: torch.Tensor, B: torch.Tensor, options: Any,
+                      test: tuple[torch.Tensor, torch.Tensor] | None = None) -> ProbeResult:
+    """:func:`linear_probe` of checked sets (at least 2 points each without ``test``), checked ``ProbeOptions``."""
     parts = []
-    for S, label in ((A, 1), (B, 0)):
-        n = S.shape[0]
-        k = min(max(1, round(options.test_fraction * n)), n - 1)
-        order = torch.randperm(n, generator=g).to(S.device)
-        parts.append((S[order[k:]], S[order[:k]], label))
+    if test is not None:
+        parts = [(A, test[0], 1), (B, test[1], 0)]
+    else:
+        g = torch.Generator().manual_seed(options.seed)
+        for S, label in ((A, 1), (B, 0)):
+            n = S.shape[0]
+            k = min(max(1, round(options.test_fraction * n)), n - 1)
+            order = torch.randperm(n, generator=g).to(S.device)
+            parts.append((S[order[k:]], S[order[:k]], label))
     Xtr = torch.cat([p[0] for p in parts])
     ytr = torch.cat([torch.full((p[0].shape[0],), p[2], device=A.device) for p in parts])
     Xte = torch.cat([p[1] for p in parts])
@@ -287,4 +299,4 @@ def linear_probe_core(A: torch.Tensor, B: torch.Tensor, options: Any) -> ProbeRe
     return ProbeResult(accuracy=correct / yte.numel(), lower=lo, upper=hi,
                        train_accuracy=float((pred_tr == ytr).double().mean()), normal=normal,
                        bias=b / norm if norm > 0 else b, n_train=int(ytr.numel()), n_test=int(yte.numel()),
-                       seed=options.seed)
+                       seed=options.seed if test is None else None)

@@ -30,7 +30,7 @@ from ._results import CertifiedResult
 from ._cvx import solve_reporting_status
 from ._search import (certified_search, check_bound_options, check_hull_argument, check_search_options,
                       failure_status, highs_options, proven_bound, start_directions, unit_sup_norm)
-from ._search import check_direction as _check_direction
+from .pointsets import check_direction as _check_direction
 from .hull import HullDistance
 from .options import check_option_names, options_from_signature
 from .pointsets import check_point_sets, span_coordinates

@@ -16,6 +16,7 @@ import torch
 
 from .._progress import progress_bar, wanted
 from ..validation import check_features, check_int, check_labels, describe
+from .heldout import stratified_split
 from .hull import solve_pairs
 from .pointsets import class_pairs
 from .registry import HULL, MEASURES, REGISTRY, PairInput, check_measures, resolve_options
@@ -25,6 +26,8 @@ __all__ = ["MEASURES", "COLUMNS", "layer_separability", "separability_summary", 
 
 COLUMNS = ["layer", "class_a", "class_b", "measure", "value", "lower", "upper", "method", "status",
            "n_a", "n_b", "d", "seed", "max_per_class", "seconds"]
+HELD_OUT_COLUMNS = ["held_out_value", "held_out_lower", "held_out_upper", "held_out_interval", "n_test_a", "n_test_b",
+                    "held_out"]
 
 
 def balanced_subsample(labels: torch.Tensor, max_per_class: int | None, seed: int) -> torch.Tensor:
@@ -208,7 +211,8 @@ def layer_separability(activations: Any, labels: Any = None,
                        classes: Sequence[int] | None = None, options: Mapping[str, Mapping[str, Any]] | None = None,
                        md_lsm_method: str | None = None, subset_method: str | None = None,
                        hull_tol: float | None = None, hull_max_iter: int | None = None,
-                       probe_test_fraction: float | None = None, progress: bool = True) -> pd.DataFrame:
+                       probe_test_fraction: float | None = None, held_out: float | None = None,
+                       progress: bool = True) -> pd.DataFrame:
     """Separability of every layer for every class pair, as a tidy table.
 
     Measures (rows of the table, per layer and class pair):
@@ -261,6 +265,18 @@ def layer_separability(activations: Any, labels: Any = None,
         ``hull_distance``'s ``tol`` and ``max_iter``, ``linear_probe``'s ``test_fraction``);
         ``None`` keeps the measure's default. A pair with a class of fewer than 2 points gets NaN
         and the status ``"too_few_points"`` for ``"linear_probe"``.
+    held_out : float in (0, 1), optional
+        Hold out this share of every class (after ``max_per_class``; stratified, seeded by
+        ``seed``, the same rows for every layer; scikit-learn's ``train_test_split``). Every
+        measure is then computed on the rest and read on the held-out rows as well, in the extra
+        columns ``held_out_value, held_out_lower, held_out_upper, held_out_interval, n_test_a,
+        n_test_b, held_out``: for ``md_lsm`` and ``hull_distance`` the test AUC of their
+        direction with DeLong's 95% interval
+        (:func:`~sepmeasure.separability.heldout.held_out_auc`), for ``separable_subset`` its
+        classifier's test accuracy, for ``linear_probe`` the accuracy of a probe fitted on the
+        training rows (then also its ``value``), both with Wilson 95% intervals. In-sample
+        values saturate when ``d`` is large against the points; held-out ones do not.
+        ``attrs["held_out_rows"]`` holds the held-out row indices.
     progress : bool, default True
         Progress bar over layers and pairs (on a terminal or in a notebook, after a second).
 
@@ -319,6 +335,12 @@ def layer_separability(activations: Any, labels: Any = None,
     sel = balanced_subsample(y, max_per_class, seed)
     y_sel = y[sel.to(y.device)]
     spec = class_pairs(y_sel, pairs, classes=classes)
+    test_spec = None
+    if held_out is not None:
+        train, test = stratified_split(y_sel, held_out, seed)
+        spec = class_pairs(y_sel[train.to(y_sel.device)], pairs, classes=classes)
+        test_spec = class_pairs(y_sel[test.to(y_sel.device)], pairs, classes=classes)
+        held_out = float(held_out)
     rows: list[dict[str, Any]] = []
     bar = progress_bar(total=len(layers) * len(spec), progress=progress, desc="layer separability", unit="pair",
                        leave=False)
@@ -335,20 +357,32 @@ def layer_separability(activations: Any, labels: Any = None,
             if dev is not None:
                 X = X.to(dev)
             X = X[sel.to(X.device)]
-            rows.extend(_layer_rows(name, X, spec, measures, resolved, seed=seed, max_per_class=max_per_class,
-                                    bar=bar))
+            if test_spec is None:
+                rows.extend(_layer_rows(name, X, spec, measures, resolved, seed=seed, max_per_class=max_per_class,
+                                        bar=bar))
+            else:
+                rows.extend(_layer_rows(name, X[train.to(X.device)], spec, measures, resolved, seed=seed,
+                                        max_per_class=max_per_class, bar=bar, test=(X[test.to(X.device)], test_spec),
+                                        held_out=held_out))
     finally:
         bar.close()
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    table = pd.DataFrame(rows, columns=COLUMNS if test_spec is None else COLUMNS + HELD_OUT_COLUMNS)
     table.attrs["subsample"] = sel.tolist()
+    if test_spec is not None:
+        table.attrs["held_out_rows"] = sel[test].tolist()
     table.attrs["seed"] = seed
     table.attrs["max_per_class"] = max_per_class
     return table
 
 
 def _layer_rows(name: str, X: torch.Tensor, spec: list, measures: tuple[str, ...], options: dict[str, Any], *,
-                seed: int, max_per_class: int | None, bar) -> list[dict[str, Any]]:
-    """The rows of one layer: one batched hull solve for the pairs, then every measure's core per pair."""
+                seed: int, max_per_class: int | None, bar, test: tuple[torch.Tensor, list] | None = None,
+                held_out: float | None = None) -> list[dict[str, Any]]:
+    """The rows of one layer: one batched hull solve for the pairs, then every measure's core per pair.
+
+    With ``test = (X_test, test_spec)`` (the held-out rows and their pairs, in the order of
+    ``spec``) every row also gets the measure's held-out columns.
+    """
     dev = X.device
     base = {"layer": name, "d": int(X.shape[1]), "seed": seed, "max_per_class": max_per_class}
     hulls = None
@@ -360,12 +394,24 @@ def _layer_rows(name: str, X: torch.Tensor, spec: list, measures: tuple[str, ...
     rows = []
     for k, (a, b, ra, rb) in enumerate(spec):
         A, B = X[ra.to(dev)], X[rb.to(dev)]
-        pair = PairInput(A, B, hulls[k] if hulls is not None else None)
+        held = None
+        if test is not None:
+            X_test, test_spec = test
+            _, _, ta, tb = test_spec[k]
+            held = (X_test[ta.to(dev)], X_test[tb.to(dev)])
+        pair = PairInput(A, B, hulls[k] if hulls is not None else None, held)
         head = {**base, "class_a": a, "class_b": b, "n_a": int(A.shape[0]), "n_b": int(B.shape[0])}
         for measure in measures:
             entry = REGISTRY[measure]
             start = time.perf_counter()
-            row = entry.compute(pair, options[measure])
+            result = entry.compute(pair, options[measure])
+            row = entry.row(result, options[measure])
+            if held is not None:
+                nan = float("nan")
+                row.update(entry.held_out(result, pair) if entry.held_out is not None else
+                           {"held_out_value": nan, "held_out_lower": nan, "held_out_upper": nan,
+                            "held_out_interval": "none"})
+                row.update(n_test_a=int(held[0].shape[0]), n_test_b=int(held[1].shape[0]), held_out=held_out)
             seconds = hull_seconds if entry.solved_per_layer else time.perf_counter() - start
             rows.append({**head, "measure": measure, **row, "seconds": seconds})
         bar.update(1)
