@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from sepmeasure.kernels import ntk as ntk_module
+from sepmeasure.kernels import ntk_structured
+from sepmeasure.kernels.ntk_structured import CallShape, choose_form
 from sepmeasure.kernels import empirical_ntk, select_parameters
 from sepmeasure.models import CNN, MLP, ResNet
 
@@ -198,7 +200,7 @@ def test_auto_is_structured_or_jacobian(device, monkeypatch):
             used.append(_name)
             return _block(*args, **kwargs)
 
-        monkeypatch.setitem(ntk_module._BUILDERS, method, ntk_module._Builder(builder.plan, recording,
+        monkeypatch.setitem(ntk_module._BUILDERS, method, ntk_module.Builder(builder.plan, recording,
                                                                               builder.batch_dependent_ok))
     got = empirical_ntk(model, x1, x2)
     assert set(used) == {"structured"}
@@ -235,15 +237,17 @@ def test_fresh_random_models_and_inputs(seed, activation, widths, n1, n2, conv, 
         assert rel_err(empirical_ntk(model, x1, x2, method=method), ref) <= 1e-10
 
 
-@pytest.mark.parametrize("form", ["gram", "outer"])
-@pytest.mark.parametrize("name", ["cnn2d", "odd_convs", "sequence3d"])
-def test_both_contraction_orders_of_structured(name, form, device, monkeypatch):
-    def forced(shapes, k, output, n_rows):
-        if all(t == 1 for t, _, _ in shapes):
-            return "gram", float(k * k), 0.0
-        return form, 1.0, 1.0
+@pytest.mark.parametrize("form", ["gram", "outer", "factored"])
+@pytest.mark.parametrize("name", ["cnn2d", "odd_convs", "sequence3d", "mlp_relu"])
+def test_every_contraction_form_of_structured(name, form, device, monkeypatch):
+    def forced(shapes, k, output, n_rows, factorable=False):
+        if form == "gram" and any(s.groups > 1 for s in shapes):
+            return "outer", {}
+        if form == "factored" and not (factorable and len(shapes) == 1):
+            return "outer", {}
+        return form, {}
 
-    monkeypatch.setattr(ntk_module, "_choose_form", forced)
+    monkeypatch.setattr(ntk_structured, "choose_form", forced)
     model, x1, x2 = make(name, torch.float64, device)
     for output in ("full", "trace"):
         ref = empirical_ntk(model, x1, x2, method="jacobian", output=output)
@@ -291,7 +295,7 @@ def test_default_blocks_bound_memory(device, monkeypatch):
             calls["n"] += 1
             return _block(*args, **kwargs)
 
-        monkeypatch.setitem(ntk_module._BUILDERS, method, ntk_module._Builder(builder.plan, counting,
+        monkeypatch.setitem(ntk_module._BUILDERS, method, ntk_module.Builder(builder.plan, counting,
                                                                               builder.batch_dependent_ok))
     monkeypatch.setattr(ntk_module, "_BLOCK_MEMORY_BYTES", 20_000)
     for method in ("jacobian", "ntvp", "structured"):
@@ -343,7 +347,7 @@ def test_structured_forms_no_per_sample_jacobian_for_plain_layers(device, monkey
     def forbidden(*args, **kwargs):
         raise AssertionError("per-sample Jacobian requested")
 
-    monkeypatch.setattr(ntk_module, "_per_sample_jacobians", forbidden)
+    monkeypatch.setattr(ntk_structured, "per_sample_jacobians", forbidden)
     for name in ("mlp_relu", "cnn2d", "shared_twice"):
         model, x1, x2 = make(name, torch.float64, device)
         assert empirical_ntk(model, x1, output="trace").shape == (5, 5)
@@ -354,9 +358,11 @@ def test_structured_forms_no_per_sample_jacobian_for_plain_layers(device, monkey
 
 
 def test_contraction_order_follows_cost():
-    assert ntk_module._choose_form([(1, 512, 512)], 10, "full", 256)[0] == "gram"
-    assert ntk_module._choose_form([(40, 3, 32)], 10, "full", 256)[0] == "outer"     # many positions, thin input
-    assert ntk_module._choose_form([(2, 2048, 64)], 10, "full", 256)[0] == "gram"    # few positions, wide input
+    assert choose_form([CallShape(1, 512, 512)], 10, "full", 256)[0] == "gram"
+    assert choose_form([CallShape(40, 3, 32)], 10, "full", 256)[0] == "outer"     # many positions, thin input
+    assert choose_form([CallShape(2, 2048, 64)], 10, "full", 256)[0] == "gram"    # few positions, wide input
+    assert choose_form([CallShape(64, 576, 64)], 10, "full", 256, factorable=True)[0] == "factored"
+    assert choose_form([CallShape(2, 2048, 64, groups=2)], 10, "full", 256)[0] == "outer"   # no grouped Gram
 
 
 def test_parameter_used_outside_its_layer_falls_back(device):
