@@ -34,7 +34,7 @@ from .storage import atomic_write_bytes, atomic_write_text
 from .validation import check_choice, describe
 
 __all__ = ["FigureSpec", "FIGURE_KINDS", "render_figure", "write_study_report", "write_index", "write_report",
-           "find_studies", "compare_verdict"]
+           "find_studies", "compare_verdict", "drop_csv_copies", "table_files"]
 
 FIGURE_KINDS: tuple[str, ...] = ("line", "scatter", "bar", "point", "box", "heatmap")
 _PREVIEW_ROWS = 12
@@ -273,11 +273,92 @@ def _read_meta(study_dir: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not valid JSON ({exc}); re-run the study") from None
 
 
+TABLE_FORMATS: tuple[str, ...] = (".csv", ".parquet")
+CSV_MAX_BYTES = 100_000
+
+
+def table_files(tables_dir: Path, name: str) -> list[Path]:
+    """The files that hold table ``name`` in ``tables_dir`` (``<name>.csv``, ``<name>.parquet``), those that exist."""
+    return [p for p in (tables_dir / f"{name}{ext}" for ext in TABLE_FORMATS) if p.is_file()]
+
+
 def _read_table(path: Path) -> pd.DataFrame:
+    """A table as its CSV text reads, whichever file holds it.
+
+    A parquet file is read and passed through CSV text, so a report (and its figures) does not
+    depend on which of the two copies of a table is at hand: the parquet copy stores object
+    columns as JSON strings, where the CSV reader infers numbers.
+    """
+    if path.suffix == ".parquet":
+        frame = pd.read_parquet(path)
+        if not len(frame.columns):
+            return pd.DataFrame()
+        path = io.StringIO(frame.to_csv(index=False))
     try:
         return pd.read_csv(path)
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
+
+
+def _read_named_table(tables_dir: Path, name: str) -> pd.DataFrame | None:
+    files = table_files(tables_dir, name)
+    return _read_table(files[0]) if files else None
+
+
+def drop_csv_copies(out_dir: str | os.PathLike, *, max_bytes: int = CSV_MAX_BYTES) -> list[Path]:
+    """Delete the CSV copy of each large table that also has a parquet copy holding the same rows.
+
+    The committed reference run keeps large tables as parquet only; the claims table and CSV
+    files of at most ``max_bytes`` (summaries a reader opens) stay. A CSV is deleted only after
+    its parquet copy has been read back and found equal to it (as :func:`write_study_report`
+    reads tables), so nothing is lost; the report pages then link the parquet copy.
+
+    Parameters
+    ----------
+    out_dir : path
+        The output folder of ``sepmeasure study`` (every ``<study>/tables/`` under it).
+    max_bytes : int, default 100 000
+        CSV files up to this size are kept.
+
+    Returns
+    -------
+    list of Path
+        The CSV files deleted.
+
+    Raises
+    ------
+    TypeError
+        ``out_dir`` is not a path or ``max_bytes`` not an integer.
+    ValueError
+        ``max_bytes`` is negative.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, pandas as pd
+    >>> d = pathlib.Path(tempfile.mkdtemp()); t = d / "s1" / "tables"; t.mkdir(parents=True)
+    >>> _ = (d / "s1" / "study.json").write_text("{}")
+    >>> big = pd.DataFrame({"x": range(50_000)})
+    >>> big.to_csv(t / "results.csv", index=False); big.to_parquet(t / "results.parquet", index=False)
+    >>> [p.name for p in drop_csv_copies(d)], sorted(p.name for p in t.iterdir())
+    (['results.csv'], ['results.parquet'])
+    """
+    root = _as_path(out_dir, "out_dir")
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
+        raise TypeError(f"max_bytes: expected an int, got {describe(max_bytes)}")
+    if max_bytes < 0:
+        raise ValueError(f"max_bytes: expected a non-negative number of bytes, got {max_bytes}")
+    dropped = []
+    for sdir in find_studies(root):
+        for csv in sorted((sdir / "tables").glob("*.csv")):
+            twin = csv.with_suffix(".parquet")
+            if csv.stem == "claims" or csv.stat().st_size <= max_bytes or not twin.is_file():
+                continue
+            if _read_table(twin).equals(_read_table(csv)):
+                csv.unlink()
+                dropped.append(csv)
+            else:
+                warnings.warn(f"{csv}: kept, its parquet copy holds other rows", stacklevel=2)
+    return dropped
 
 
 # --------------------------------------------------------------------------------------------
@@ -431,10 +512,12 @@ def write_study_report(study_dir: str | os.PathLike, *, index: bool = True) -> d
     meta = _read_meta(study_dir)
     tables_dir = study_dir / "tables"
     tables: dict[str, pd.DataFrame] = {}
+    files: dict[str, list[Path]] = {}
     for name in meta.get("tables", []):
-        path = tables_dir / f"{name}.csv"
-        if path.is_file():
-            tables[name] = _read_table(path)
+        found = table_files(tables_dir, name)
+        if found:
+            tables[name] = _read_table(found[0])
+            files[name] = found
     claims = tables.get("claims", pd.DataFrame())
 
     figures: list[tuple[FigureSpec, Path | None, str]] = []
@@ -450,8 +533,8 @@ def write_study_report(study_dir: str | os.PathLike, *, index: bool = True) -> d
             warnings.warn(f"{study_dir.name}: figure '{spec.name}' not drawn: {exc}", stacklevel=2)
             figures.append((spec, None, str(exc)))
 
-    md = _study_markdown(meta, tables, claims, figures)
-    page = _study_html(meta, tables, claims, figures)
+    md = _study_markdown(meta, tables, files, claims, figures)
+    page = _study_html(meta, tables, files, claims, figures)
     md_path = atomic_write_text(study_dir / "report.md", md)
     html_path = atomic_write_text(study_dir / "report.html", page)
     if index:
@@ -493,7 +576,7 @@ def _provenance(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-def _study_markdown(meta, tables, claims, figures) -> str:
+def _study_markdown(meta, tables, files, claims, figures) -> str:
     title = meta.get("title") or meta["name"]
     out = [f"# {title}", "", "[All studies](../index.md)", ""]
     if meta.get("paper"):
@@ -538,7 +621,7 @@ def _study_markdown(meta, tables, claims, figures) -> str:
     out += ["## Tables", ""]
     for name, table in tables.items():
         out += [f"### {name}", "", f"{len(table)} rows × {len(table.columns)} columns — "
-                f"[tables/{name}.csv](tables/{name}.csv)", ""]
+                + " · ".join(f"[tables/{p.name}](tables/{p.name})" for p in files[name]), ""]
         if name != "claims":
             out += [_md_table(_preview(table), _PREVIEW_ROWS), ""]
     out += ["## Provenance", ""] + [f"- **{k}:** {v}" for k, v in _provenance(meta)] + [""]
@@ -552,7 +635,7 @@ def _preview(table: pd.DataFrame) -> pd.DataFrame:
     return table.drop(columns=drop)
 
 
-def _study_html(meta, tables, claims, figures) -> str:
+def _study_html(meta, tables, files, claims, figures) -> str:
     title = meta.get("title") or meta["name"]
     parts = ['<nav><a href="../index.html">All studies</a></nav>', f"<h1>{html.escape(title)}</h1>"]
     if meta.get("paper"):
@@ -600,7 +683,8 @@ def _study_html(meta, tables, claims, figures) -> str:
     parts.append("<h2>Tables</h2>")
     for name, table in tables.items():
         parts.append(f"<h3>{html.escape(name)}</h3><p>{len(table)} rows × {len(table.columns)} columns — "
-                     f'<a href="tables/{html.escape(name)}.csv">tables/{html.escape(name)}.csv</a></p>')
+                     + " · ".join(f'<a href="tables/{html.escape(p.name)}">tables/{html.escape(p.name)}</a>'
+                                  for p in files[name]) + "</p>")
         if name != "claims":
             parts.append(_html_table(_preview(table), _PREVIEW_ROWS))
     prov = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in _provenance(meta))
@@ -616,8 +700,8 @@ def _reference_verdicts(reference: Path) -> dict[str, dict[str, str]]:
     """``{study: {claim: overall verdict}}`` of the study results under ``reference``."""
     out: dict[str, dict[str, str]] = {}
     for sdir in find_studies(reference):
-        cpath = sdir / "tables" / "claims.csv"
-        claims = _overall(_read_table(cpath)) if cpath.is_file() else pd.DataFrame()
+        found = _read_named_table(sdir / "tables", "claims")
+        claims = _overall(found) if found is not None else pd.DataFrame()
         out[sdir.name] = ({str(c): str(v) for c, v in zip(claims["claim"], claims["verdict"])}
                           if not claims.empty else {})
     return out
@@ -690,8 +774,8 @@ def write_index(out_dir: str | os.PathLike, *, reference: str | os.PathLike | No
     entries = []
     for sdir in studies:
         meta = _read_meta(sdir)
-        cpath = sdir / "tables" / "claims.csv"
-        claims = _overall(_read_table(cpath)) if cpath.is_file() else pd.DataFrame()
+        found = _read_named_table(sdir / "tables", "claims")
+        claims = _overall(found) if found is not None else pd.DataFrame()
         entries.append((sdir, meta, claims))
 
     md = ["# Studies", "", "Each study reproduces claims of a paper; verdicts are decided by the rule written "
