@@ -356,7 +356,7 @@ class ModelGraph:
             return "max_pool", name, "", "", "channels_first"
         if fn in (torch.cat, torch.concat, torch.stack):
             return "concat", name, "", "", self._common_layout(inputs)
-        if fn in _RESHAPE_FUNCTIONS:
+        if fn in _RESHAPE_FUNCTIONS or getattr(fn, "graph_reshape", False):
             return "reshape", name, "", "", self._reshape_layout(node, name, first, shape)
         if fn in (torch.mean, torch.sum):
             return "reduce", name, "", "", "flat" if shape is not None and len(shape) <= 2 else "unknown"
@@ -393,6 +393,8 @@ class ModelGraph:
     def _classify_module(m: nn.Module, first: str) -> tuple[str, str]:
         if hasattr(m, "nonlinear_channels") and callable(m.nonlinear_channels):
             return "nonlinearity", type(m).__name__
+        if getattr(type(m), "graph_activation", False):  # an activation slot holding the identity
+            return "nonlinearity", "identity"
         for t, name in _ACT_MODULES.items():
             if type(m) is t:
                 return "nonlinearity", name
@@ -421,7 +423,7 @@ class ModelGraph:
         if isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
             return "flat"
         if isinstance(m, (nn.Identity, nn.modules.dropout.Dropout, nn.AlphaDropout)) or m.__class__ in _ACT_MODULES \
-                or hasattr(m, "nonlinear_channels"):
+                or hasattr(m, "nonlinear_channels") or getattr(type(m), "graph_activation", False):
             return first
         return "unknown"
 

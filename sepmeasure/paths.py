@@ -23,16 +23,17 @@ over layers (never by enumerating paths): per channel, the distribution of the l
 the paths (or walk) reaching it. A network with ``n`` layers of width ``w`` costs
 ``O(n * w * n)`` operations.
 
-Supported models (recognised by the ``config["model"]`` entry and the module names that
-:mod:`sepmeasure.models` documents): ``MLP``, ``CNN`` and ``ResNet`` (with any element-wise
-activation, :class:`~sepmeasure.models.masked.LinearityMask` or
-:class:`~sepmeasure.models.linearizable.LinearizablePReLU` activations), ``DGN``/``DLGN``
-(the value network; every gated unit counts as non-linear), and ``nn.Sequential`` stacks of
-linear/convolutional layers, element-wise activations, flattening, dropout, batch norm and
-average pooling. Per-channel linearity of an activation module: ``nn.Identity`` is linear,
-``PReLU``/``LeakyReLU`` channels with slope exactly 1 are linear, a module with a
-``nonlinear_channels()`` method says so itself, every other known element-wise activation is
-non-linear.
+Supported models: any ``nn.Module`` that ``torch.fx`` can trace (:mod:`sepmeasure.graph`; the
+package's own ``MLP``, ``CNN`` and ``ResNet`` go the same way), built into a channel graph by
+the rules of :mod:`sepmeasure.channel_graph`: linear and convolutional layers, element-wise
+activations (modules or functional calls such as ``F.relu``), per-channel affine maps (batch
+norm, dropout, identity), average pooling, flattening and residual sums. ``DGN``/``DLGN``
+count their value network (every gated unit non-linear). Per-channel linearity of an
+activation: ``PReLU``/``LeakyReLU`` channels with slope exactly 1 are linear, a module with a
+``nonlinear_channels()`` method (:class:`~sepmeasure.models.masked.LinearityMask`,
+:class:`~sepmeasure.models.linearizable.LinearizablePReLU`) says so itself, every other
+element-wise activation is non-linear. Max pooling, attention and other operations that are
+not per-channel maps are an error naming them.
 """
 from __future__ import annotations
 
@@ -46,17 +47,14 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .channel_graph import channel_layers
+from .graph import GraphTraceError, trace_model
 from .validation import check_choice, check_int, describe
 
 __all__ = ["PathLayer", "PathGraph", "path_graph", "AveragePathLength", "PathLengthDistribution",
            "average_path_length", "path_length_distribution"]
 
 EDGE_KINDS = ("full", "identity")
-
-_ELEMENTWISE_NONLINEAR = (nn.ReLU, nn.ReLU6, nn.GELU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.SELU, nn.CELU, nn.SiLU,
-                          nn.Softplus, nn.Mish, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.LogSigmoid,
-                          nn.Softsign, nn.Tanhshrink, nn.Softshrink, nn.Hardshrink, nn.RReLU, nn.Threshold)
-
 
 # --------------------------------------------------------------------------------- graph
 @dataclass(frozen=True)
@@ -209,71 +207,6 @@ def _flags_from_spec(spec: Mapping[str, Any], i: int) -> tuple[bool, ...]:
 
 
 # --------------------------------------------------------------------------------- from models
-def _activation_flags(module: nn.Module, channels: int, where: str) -> tuple[bool, ...]:
-    if hasattr(module, "nonlinear_channels") and callable(module.nonlinear_channels):
-        flags = torch.as_tensor(module.nonlinear_channels()).detach().cpu().reshape(-1)
-        if flags.numel() != channels:
-            raise ValueError(f"model: {where!r} reports {flags.numel()} channels, expected {channels}")
-        return tuple(bool(f) for f in flags.tolist())
-    if isinstance(module, nn.Identity):
-        return (False,) * channels
-    if isinstance(module, nn.LeakyReLU):
-        return (module.negative_slope != 1.0,) * channels
-    if isinstance(module, nn.PReLU):
-        w = module.weight.detach().cpu().reshape(-1)
-        w = w.expand(channels) if w.numel() == 1 else w
-        return tuple(bool(v != 1) for v in w.tolist())
-    if isinstance(module, _ELEMENTWISE_NONLINEAR):
-        return (True,) * channels
-    raise TypeError(f"model: unsupported layer {where!r} ({type(module).__name__}); expected an element-wise "
-                    f"activation (e.g. ReLU, GELU, Tanh, PReLU, Identity) or a module with nonlinear_channels()")
-
-
-def _mlp_graph(model: nn.Module) -> list[PathLayer]:
-    first = model.layers[0].linear if len(model.layers) else model.head
-    layers = [PathLayer("input", (False,) * first.in_features)]
-    for i, block in enumerate(model.layers):
-        w = block.linear.out_features
-        layers.append(PathLayer(f"layers.{i}", _activation_flags(block.act, w, f"layers.{i}.act"),
-                                ((layers[-1].name, "full"),)))
-    layers.append(PathLayer("head", (False,) * model.head.out_features, ((layers[-1].name, "full"),)))
-    return layers
-
-
-def _cnn_graph(model: nn.Module) -> list[PathLayer]:
-    layers = [PathLayer("input", (False,) * model.layers[0].conv.in_channels)]
-    for i, block in enumerate(model.layers):
-        c = block.conv.out_channels
-        layers.append(PathLayer(f"layers.{i}", _activation_flags(block.act, c, f"layers.{i}.act"),
-                                ((layers[-1].name, "full"),)))
-    layers.append(PathLayer("head", (False,) * model.head.out_features, ((layers[-1].name, "full"),)))
-    return layers
-
-
-def _resnet_graph(model: nn.Module) -> list[PathLayer]:
-    w = model.stem.out_channels
-    layers = [PathLayer("input", (False,) * model.stem.in_channels),
-              PathLayer("stem", (False,) * w, (("input", "full"),))]
-    state = "stem"
-    for i, block in enumerate(model.blocks):
-        p = f"blocks.{i}"
-        for norm in ("norm1", "norm2"):
-            if hasattr(block, norm) and not isinstance(getattr(block, norm), (nn.BatchNorm1d, nn.BatchNorm2d,
-                                                                               nn.Identity)):
-                raise TypeError(f"model: unsupported layer '{p}.{norm}' ({type(getattr(block, norm)).__name__}); "
-                                f"expected a batch norm (a per-channel affine map)")
-        layers += [
-            PathLayer(f"{p}.act1", _activation_flags(block.act1, w, f"{p}.act1"), ((state, "identity"),)),
-            PathLayer(f"{p}.act2", _activation_flags(block.act2, w, f"{p}.act2"), ((f"{p}.act1", "full"),)),
-            PathLayer(f"{p}.conv2", (False,) * w, ((f"{p}.act2", "full"),)),
-            PathLayer(p, (False,) * w, ((state, "identity"), (f"{p}.conv2", "identity"))),
-        ]
-        state = p
-    layers.append(PathLayer("act", _activation_flags(model.act, w, "act"), ((state, "identity"),)))
-    layers.append(PathLayer("head", (False,) * model.head.out_features, (("act", "full"),)))
-    return layers
-
-
 def _gated_graph(model: nn.Module) -> list[PathLayer]:
     value = model.value
     first = value.layers[0]
@@ -286,34 +219,7 @@ def _gated_graph(model: nn.Module) -> list[PathLayer]:
     return layers
 
 
-_TRANSPARENT = (nn.Flatten, nn.Dropout, nn.BatchNorm1d, nn.BatchNorm2d, nn.AvgPool1d, nn.AvgPool2d,
-                nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
-
-
-def _sequential_graph(model: nn.Sequential) -> list[PathLayer]:
-    layers: list[PathLayer] = []
-    for name, module in model.named_children():
-        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-            n_in = module.in_features if isinstance(module, nn.Linear) else module.in_channels
-            n_out = module.out_features if isinstance(module, nn.Linear) else module.out_channels
-            if not layers:
-                layers.append(PathLayer("input", (False,) * n_in))
-            layers.append(PathLayer(name, (False,) * n_out, ((layers[-1].name, "full"),)))
-        elif isinstance(module, _TRANSPARENT) or type(module).__name__ == "GlobalAvgPool":
-            continue
-        else:
-            if not layers:
-                raise TypeError(f"model: unsupported layer {name!r} ({type(module).__name__}) before the first "
-                                f"linear or convolutional layer; expected the Sequential to start with one")
-            w = layers[-1].width
-            layers.append(PathLayer(name, _activation_flags(module, w, name), ((layers[-1].name, "identity"),)))
-    if len(layers) < 2:
-        raise TypeError("model: expected an nn.Sequential with at least one linear or convolutional layer, got none")
-    return layers
-
-
-_BUILDERS = {"MLP": _mlp_graph, "CNN": _cnn_graph, "ResNet": _resnet_graph, "DGN": _gated_graph,
-             "DLGN": _gated_graph}
+_GATED = {"DGN": _gated_graph, "DLGN": _gated_graph}
 
 
 def path_graph(model: nn.Module | PathGraph) -> PathGraph:
@@ -357,15 +263,19 @@ def path_graph(model: nn.Module | PathGraph) -> PathGraph:
         return model
     config = getattr(model, "config", None)
     kind = config.get("model") if isinstance(config, dict) else None
-    if isinstance(model, nn.Module) and kind in _BUILDERS:
+    if isinstance(model, nn.Module) and kind in _GATED:
         try:
-            return PathGraph(_BUILDERS[kind](model))
+            return PathGraph(_GATED[kind](model))
         except AttributeError as exc:
             raise TypeError(f"model: a {kind} without the documented module structure ({exc})") from exc
-    if isinstance(model, nn.Sequential):
-        return PathGraph(_sequential_graph(model))
-    raise TypeError(f"model: unsupported model {describe(model)}; expected an MLP, CNN, ResNet, DGN, DLGN "
-                    f"(sepmeasure.models), an nn.Sequential, or a PathGraph")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: unsupported model {describe(model)}; expected an nn.Module (any model torch.fx "
+                        f"can trace) or a PathGraph")
+    try:
+        graph = trace_model(model)
+    except GraphTraceError as exc:
+        raise TypeError(f"model: unsupported model {type(model).__name__}: {exc}") from exc
+    return PathGraph([PathLayer(name, flags, inputs) for name, flags, inputs in channel_layers(graph)])
 
 
 # --------------------------------------------------------------------------------- results

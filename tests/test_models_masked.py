@@ -245,8 +245,11 @@ def test_apply_masks_other_bad_input():
     masked = apply_masks(MLP(3, [4], 2))
     with pytest.raises(ValueError, match="already masked"):
         apply_masks(masked)
-    with pytest.raises(TypeError, match="model: expected a sepmeasure.models.MLP, CNN or ResNet"):
-        apply_masks(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
+    # any traced model is accepted now (it used to be only MLP, CNN and ResNet)
+    seq = apply_masks(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
+    assert linear_fraction(seq).layer.tolist() == ["1"]
+    with pytest.raises(TypeError, match="model: cannot trace"):
+        apply_masks(nn.LSTM(2, 2))
     with pytest.raises(TypeError, match="init_logit"):
         apply_masks(MLP(3, [4], 2), init_logit=float("nan"))
     only_second = apply_masks(ResNet(1, 3, 2, 2), layers="blocks.1.act2")

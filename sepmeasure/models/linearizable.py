@@ -20,7 +20,7 @@ from torch import nn
 
 from ..training import Callback, TrainingState
 from ..validation import check_int, check_positive, describe
-from .masked import resolve_sites
+from .sites import ActivationSite, replace_sites, resolve_sites
 
 __all__ = ["LinearizablePReLU", "SparsityPrior", "LinearizationSchedule", "make_linearizable", "snap_linear",
            "nonlinear_fraction"]
@@ -29,7 +29,8 @@ __all__ = ["LinearizablePReLU", "SparsityPrior", "LinearizationSchedule", "make_
 class LinearizablePReLU(nn.Module):
     """Channel-wise PReLU ``y = max(0, z) + alpha_c min(0, z)`` whose channels can be frozen at ``alpha = 1``.
 
-    Channels along axis 1 (inputs ``(N, C)`` or ``(N, C, *spatial)``). Frozen channels
+    Channels along axis 1 (inputs ``(N, C)`` or ``(N, C, *spatial)``), or along the last axis
+    with ``channel_axis=-1`` (channels-last inputs ``(N, *tokens, C)``). Frozen channels
     (buffer ``frozen``) use exactly ``alpha = 1`` in the forward pass whatever the stored slope,
     so they receive no gradient and stay linear under any optimiser (momentum, weight decay).
 
@@ -38,6 +39,8 @@ class LinearizablePReLU(nn.Module):
     channels : int
     init : float
         Initial slope of every channel (0: ReLU).
+    channel_axis : {1, -1}
+        The axis of the channels.
 
     Examples
     --------
@@ -48,9 +51,14 @@ class LinearizablePReLU(nn.Module):
     tensor([[-2., -0.]], grad_fn=<WhereBackward0>)
     """
 
-    def __init__(self, channels: int, init: float = 0.0) -> None:
+    graph_leaf = True  # one node of the traced graph (sepmeasure.graph): its shape checks are not traced
+
+    def __init__(self, channels: int, init: float = 0.0, channel_axis: int = 1) -> None:
         super().__init__()
         self.channels = check_int(channels, "channels", minimum=1)
+        if channel_axis not in (1, -1) or isinstance(channel_axis, bool):
+            raise ValueError(f"channel_axis: expected 1 or -1, got {channel_axis!r}")
+        self.channel_axis = channel_axis
         if isinstance(init, bool) or not isinstance(init, (int, float)) or not math.isfinite(init):
             raise TypeError(f"init: expected a finite real number, got {describe(init)}")
         self.slope = nn.Parameter(torch.full((self.channels,), float(init)))
@@ -88,13 +96,17 @@ class LinearizablePReLU(nn.Module):
         return int(close.sum())
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if z.ndim < 2 or z.shape[1] != self.channels:
-            raise ValueError(f"z: expected a tensor of shape (N, {self.channels}, ...), got {describe(z)}")
-        alpha = self.effective_slope().reshape(1, self.channels, *([1] * (z.ndim - 2))).to(z.dtype)
+        if z.ndim < 2 or z.shape[self.channel_axis] != self.channels:
+            want = f"(N, {self.channels}, ...)" if self.channel_axis == 1 else f"(N, ..., {self.channels})"
+            raise ValueError(f"z: expected a tensor of shape {want}, got {describe(z)}")
+        alpha = self.effective_slope().to(z.dtype)
+        if self.channel_axis == 1:
+            alpha = alpha.reshape(1, self.channels, *([1] * (z.ndim - 2)))
         return torch.where(z >= 0, z, alpha * z)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, frozen={int(self.frozen.sum())}"
+        axis = "" if self.channel_axis == 1 else ", channel_axis=-1"
+        return f"channels={self.channels}, frozen={int(self.frozen.sum())}{axis}"
 
 
 def _units(model: nn.Module) -> list[tuple[str, LinearizablePReLU]]:
@@ -225,11 +237,16 @@ def nonlinear_fraction(model: nn.Module) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _initial_slopes(act: nn.Module, channels: int, name: str, init: float | None) -> torch.Tensor:
+def _initial_slopes(site: ActivationSite, act: nn.Module | None, init: float | None) -> torch.Tensor:
     """The slopes the converted activation starts from, in float64 so no precision is lost."""
     f64 = torch.float64
+    channels, name = site.channels, site.name
     if init is not None:
         return torch.full((channels,), float(init), dtype=f64)
+    if act is None and site.function == "relu":
+        return torch.zeros(channels, dtype=f64)
+    if act is None and site.function == "leaky_relu" and site.slope is not None:
+        return torch.full((channels,), float(site.slope), dtype=f64)
     if isinstance(act, nn.ReLU):
         return torch.zeros(channels, dtype=f64)
     if isinstance(act, nn.LeakyReLU):
@@ -238,7 +255,8 @@ def _initial_slopes(act: nn.Module, channels: int, name: str, init: float | None
         return act.weight.detach().to(device="cpu", dtype=f64).expand(channels).clone()
     if isinstance(act, nn.Identity):
         return torch.ones(channels, dtype=f64)
-    raise ValueError(f"model: cannot convert {name!r} ({type(act).__name__}) to a PReLU exactly; expected ReLU, "
+    what = type(act).__name__ if act is not None else f"a functional {site.function}"
+    raise ValueError(f"model: cannot convert {name!r} ({what}) to a PReLU exactly; expected ReLU, "
                      f"LeakyReLU, PReLU or Identity, or pass init=<slope> to replace it anyway")
 
 
@@ -290,24 +308,24 @@ def make_linearizable(model: nn.Module, layers: str | Iterable[str] | None = Non
     if init is not None and (isinstance(init, bool) or not isinstance(init, (int, float)) or not math.isfinite(init)):
         raise TypeError(f"init: expected a finite real number or None, got {describe(init)}")
     sites = resolve_sites(model, layers)
-    for name, _ in sites:
-        if isinstance(model.get_submodule(name), LinearizablePReLU):
-            raise ValueError(f"layers: {name!r} is already linearizable")
-    slopes = [(name, channels, _initial_slopes(model.get_submodule(name), channels, name, init))
-              for name, channels in sites]
-    out = model if inplace else copy.deepcopy(model)
-    ref = next(out.parameters(), None)
-    for name, channels, alpha in slopes:
-        act = LinearizablePReLU(channels)
+    for site in sites:
+        if isinstance(site.activation(model), LinearizablePReLU):
+            raise ValueError(f"layers: {site.name!r} is already linearizable")
+    slopes = {s.name: _initial_slopes(s, s.activation(model), init) for s in sites}
+    ref = next(model.parameters(), None)
+    units = {}
+    for site in sites:
+        act = LinearizablePReLU(site.channels, channel_axis=site.channel_axis)
         if ref is not None:
             act.to(device=ref.device, dtype=ref.dtype)
         with torch.no_grad():
-            act.slope.copy_(alpha)
-        if isinstance(out.get_submodule(name), nn.Identity):
-            act.freeze_channels(torch.ones(channels, dtype=torch.bool, device=act.frozen.device))
-        out.set_submodule(name, act)
+            act.slope.copy_(slopes[site.name])
+        if isinstance(site.activation(model), nn.Identity):
+            act.freeze_channels(torch.ones(site.channels, dtype=torch.bool, device=act.frozen.device))
+        units[site.name] = act
+    out, names = replace_sites(model, units, sites, inplace=inplace)
     if hasattr(out, "config"):
-        out.config = {**out.config, "linearizable": [n for n, _ in sites]}
+        out.config = {**out.config, "linearizable": [names[s.name] for s in sites]}
     return out
 
 

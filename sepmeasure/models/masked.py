@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..validation import check_int, check_positive, describe
+from .sites import find_sites, replace_sites, resolve_sites
 from .standard import CNN, MLP, ResNet, _add_channel_axis
 
 __all__ = ["LinearityMask", "MaskPenalty", "apply_masks", "linear_fraction", "fold", "FoldReport", "FoldedMLP",
@@ -37,46 +38,17 @@ __all__ = ["LinearityMask", "MaskPenalty", "apply_masks", "linear_fraction", "fo
 
 # --------------------------------------------------------------------------------- sites
 def activation_sites(model: nn.Module) -> list[tuple[str, int]]:
-    """``(module name, channels)`` of every activation of a standard ``MLP``, ``CNN`` or ``ResNet``.
+    """``(name, channels)`` of every activation site of a traced model (see :mod:`sepmeasure.models.sites`).
+
+    Activation modules are named by their module name, functional calls (``F.relu``) by their
+    graph node name.
 
     Examples
     --------
     >>> activation_sites(MLP(4, [3, 2], 1))
     [('layers.0.act', 3), ('layers.1.act', 2)]
     """
-    if isinstance(model, MLP):
-        return [(f"layers.{i}.act", b.linear.out_features) for i, b in enumerate(model.layers)]
-    if isinstance(model, CNN):
-        return [(f"layers.{i}.act", b.conv.out_channels) for i, b in enumerate(model.layers)]
-    if isinstance(model, ResNet):
-        w = model.config["width"]
-        sites = []
-        for i in range(len(model.blocks)):
-            sites += [(f"blocks.{i}.act1", w), (f"blocks.{i}.act2", w)]
-        return sites + [("act", w)]
-    raise TypeError(f"model: expected a sepmeasure.models.MLP, CNN or ResNet, got {describe(model)}")
-
-
-def resolve_sites(model: nn.Module, layers: str | Iterable[str] | None, name: str = "layers") -> list[tuple[str, int]]:
-    """The activation sites selected by ``layers`` (all when ``None``); unknown names or names of
-    modules without an activation are an error that lists the valid names."""
-    sites = activation_sites(model)
-    if layers is None:
-        return sites
-    if not isinstance(layers, (str, Iterable)):
-        raise TypeError(f"{name}: expected an activation's name or an iterable of names, got {describe(layers)}")
-    wanted = [layers] if isinstance(layers, str) else list(layers)
-    by_name = dict(sites)
-    modules = dict(model.named_modules())
-    for i, w in enumerate(wanted):
-        if w in by_name:
-            continue
-        valid = ", ".join(repr(n) for n, _ in sites)
-        if isinstance(w, str) and w in modules:
-            raise ValueError(f"{name}[{i}]: expected a layer with an activation (one of {valid}), got {w!r}, "
-                             f"which is a {type(modules[w]).__name__} without an activation")
-        raise ValueError(f"{name}[{i}]: expected the name of an activation layer (one of {valid}), got {w!r}")
-    return [(w, by_name[w]) for w in dict.fromkeys(wanted)]
+    return [(s.name, s.channels) for s in find_sites(model)]
 
 
 def _nonlinear_flags(module: nn.Module, channels: int, device: torch.device) -> torch.Tensor:
@@ -106,7 +78,8 @@ class LinearityMask(nn.Module):
     activation : nn.Module
         The wrapped element-wise activation ``sigma``.
     channels : int
-        Number of units (``(N, C)`` inputs) or channels (``(N, C, *spatial)`` inputs; axis 1).
+        Number of units (``(N, C)`` inputs) or channels (``(N, C, *spatial)`` inputs; axis 1, or the
+        last axis with ``channel_axis=-1``).
     init_logit : float
         Initial logit of every mask (> 0: all units start non-linear).
     hard : bool
@@ -119,8 +92,14 @@ class LinearityMask(nn.Module):
     tensor([[ 0., -1.,  2.]], grad_fn=<AddBackward0>)
     """
 
-    def __init__(self, activation: nn.Module, channels: int, *, init_logit: float = 1.0, hard: bool = True) -> None:
+    graph_leaf = True  # one node of the traced graph (sepmeasure.graph): its shape checks are not traced
+
+    def __init__(self, activation: nn.Module, channels: int, *, init_logit: float = 1.0, hard: bool = True,
+                 channel_axis: int = 1) -> None:
         super().__init__()
+        if channel_axis not in (1, -1) or isinstance(channel_axis, bool):
+            raise ValueError(f"channel_axis: expected 1 or -1, got {channel_axis!r}")
+        self.channel_axis = channel_axis
         if not isinstance(activation, nn.Module):
             raise TypeError(f"activation: expected an nn.Module, got {describe(activation)}")
         if isinstance(activation, LinearityMask):
@@ -166,9 +145,12 @@ class LinearityMask(nn.Module):
         self.logits.copy_(torch.where(nonlinear.bool(), mag, -mag).to(self.logits.dtype))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if z.ndim < 2 or z.shape[1] != self.channels:
-            raise ValueError(f"z: expected a tensor of shape (N, {self.channels}, ...), got {describe(z)}")
-        m = self.mask().reshape(1, self.channels, *([1] * (z.ndim - 2))).to(z.dtype)
+        if z.ndim < 2 or z.shape[self.channel_axis] != self.channels:
+            want = f"(N, {self.channels}, ...)" if self.channel_axis == 1 else f"(N, ..., {self.channels})"
+            raise ValueError(f"z: expected a tensor of shape {want}, got {describe(z)}")
+        m = self.mask().to(z.dtype)
+        if self.channel_axis == 1:
+            m = m.reshape(1, self.channels, *([1] * (z.ndim - 2)))
         return m * self.activation(z) + (1 - m) * z
 
     def extra_repr(self) -> str:
@@ -250,20 +232,37 @@ def apply_masks(model: nn.Module, layers: str | Iterable[str] | None = None, *, 
     >>> linear_fraction(m)[["layer", "units", "linear_units"]].values.tolist()
     [['layers.0.act', 16, 0], ['layers.1.act', 16, 0]]
     """
+    if isinstance(init_logit, bool) or not isinstance(init_logit, (int, float)) or not math.isfinite(init_logit):
+        raise TypeError(f"init_logit: expected a finite real number, got {describe(init_logit)}")
     sites = resolve_sites(model, layers)
-    for name, _ in sites:
-        if isinstance(model.get_submodule(name), LinearityMask):
-            raise ValueError(f"layers: {name!r} is already masked")
-    out = model if inplace else copy.deepcopy(model)
-    ref = next(out.parameters(), None)
-    for name, channels in sites:
-        mask = LinearityMask(out.get_submodule(name), channels, init_logit=init_logit, hard=hard)
+    for site in sites:
+        if isinstance(site.activation(model), LinearityMask):
+            raise ValueError(f"layers: {site.name!r} is already masked")
+    ref = next(model.parameters(), None)
+    masks = {}
+    for site in sites:
+        act = site.activation(model)
+        act = copy.deepcopy(act) if act is not None else _functional_activation(site)
+        mask = LinearityMask(act, site.channels, init_logit=init_logit, hard=hard, channel_axis=site.channel_axis)
         if ref is not None:
             mask.to(device=ref.device, dtype=ref.dtype)
-        out.set_submodule(name, mask)
+        masks[site.name] = mask
+    out, names = replace_sites(model, masks, sites, inplace=inplace)
     if hasattr(out, "config"):
-        out.config = {**out.config, "masked": [n for n, _ in sites]}
+        out.config = {**out.config, "masked": [names[s.name] for s in sites]}
     return out
+
+
+def _functional_activation(site) -> nn.Module:
+    """The module computing a functional call's activation (for the mask to wrap)."""
+    modules = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "silu": nn.SiLU,
+               "elu": nn.ELU, "softplus": nn.Softplus, "hardtanh": nn.Hardtanh, "relu6": nn.ReLU6}
+    if site.function == "leaky_relu" and site.slope is not None:
+        return nn.LeakyReLU(site.slope)
+    if site.function in modules and site.plain:
+        return modules[site.function]()
+    raise ValueError(f"model: cannot mask {site.name!r}: a functional {site.function} call with arguments the mask "
+                     f"cannot reproduce; use the module form (e.g. nn.{site.function.title()}) in the model")
 
 
 def linear_fraction(model: nn.Module) -> pd.DataFrame:

@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.fx
 from torch import nn
 
 from ..validation import check_choice, check_int, describe
@@ -30,7 +31,7 @@ def make_activation(name: str, channels: int | None = None) -> nn.Module:
     """A fresh activation module by name.
 
     ``"prelu"`` gets one slope per channel when ``channels`` is given (one shared slope otherwise);
-    ``"identity"`` is :class:`torch.nn.Identity`.
+    ``"identity"`` is an :class:`IdentityActivation` (a :class:`torch.nn.Identity`).
 
     Parameters
     ----------
@@ -67,8 +68,16 @@ def make_activation(name: str, channels: int | None = None) -> nn.Module:
         return nn.PReLU(num_parameters=channels or 1, init=0.25)
     return {
         "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU, "tanh": nn.Tanh,
-        "sigmoid": nn.Sigmoid, "elu": nn.ELU, "softplus": nn.Softplus, "identity": nn.Identity,
+        "sigmoid": nn.Sigmoid, "elu": nn.ELU, "softplus": nn.Softplus, "identity": IdentityActivation,
     }[name]()
+
+
+class IdentityActivation(nn.Identity):
+    """``nn.Identity`` in an activation's place (``make_activation("identity")``): an activation site
+    of the traced graph whose every channel is linear, so it can be masked or linearized."""
+
+    graph_activation = True
+    graph_leaf = True
 
 
 def _check_widths(widths: Sequence[int], name: str) -> list[int]:
@@ -157,6 +166,11 @@ class _ConvBlock(nn.Module):
 def _add_channel_axis(x: torch.Tensor, dim: int) -> torch.Tensor:
     """``(N, L) -> (N, 1, L)`` for 1-D and ``(N, H, W) -> (N, 1, H, W)`` for 2-D inputs."""
     return x.unsqueeze(1) if x.ndim == dim + 1 else x
+
+
+# One node of the traced graph (sepmeasure.graph): a reshape, not control flow to trace through.
+_add_channel_axis.graph_reshape = True
+torch.fx.wrap("_add_channel_axis")
 
 
 class CNN(nn.Module):
