@@ -18,7 +18,8 @@ import torch
 
 from .._progress import progress_bar
 
-__all__ = ["BlockGrid", "BlockSink", "TensorSink", "fill_blocks", "local_producer", "swap_block"]
+__all__ = ["BlockGrid", "BlockPair", "BlockSink", "Producer", "TensorSink", "fill_blocks", "local_producer",
+           "swap_block"]
 
 BlockPair = tuple[int, int]
 

@@ -19,15 +19,20 @@ survives an interruption (``kernel_files``), and ``executor=`` spreads them over
 from __future__ import annotations
 
 import math
+import os
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Union
 
+import numpy as np
 import torch
 from torch import nn
 
 from .ntk_problem import JACOBIAN, NTVP, Builder, NTKProblem, Plan
 from .ntk_structured import STRUCTURED
-from .blocks import BlockGrid, TensorSink, fill_blocks, local_producer, swap_block
+from .block_executors import check_executor, producer
+from .blocks import BlockGrid, TensorSink, fill_blocks, swap_block
+from .kernel_files import NpySink, fingerprint
 from ..validation import (check_choice, check_features, check_int, compile_name_pattern, describe, did_you_mean,
                           list_names)
 
@@ -41,6 +46,8 @@ ParameterSelector = Union[None, str, Sequence[str], Callable[[str, torch.Tensor]
 
 # Working memory one block of x1 × x2 may use when ``block_size`` is not given.
 _BLOCK_MEMORY_BYTES = 1 << 30
+# Largest output block written to a kernel file at once (the anonymous memory of an out-of-core kernel).
+_OUT_BLOCK_BYTES = 256 << 20
 
 
 # ----------------------------------------------------------------------------
@@ -245,10 +252,13 @@ def _resolve_method(method: str, problem: NTKProblem) -> str:
     return method
 
 
-def _auto_block_size(plan: Plan, n_rows: int) -> int:
-    """Largest ``b`` with ``2·b·per_row + b²·per_pair ≤ budget``."""
+def _auto_block_size(plan: Plan, n_rows: int, out_bytes_per_pair: float | None = None) -> int:
+    """Largest ``b`` with ``2·b·per_row + b²·per_pair ≤ budget`` (and, writing to a file, whose
+    output block of ``b²·out_bytes_per_pair`` stays within ``_OUT_BLOCK_BYTES``)."""
     r, q, budget = plan.bytes_per_row, max(plan.bytes_per_pair, 1.0), float(_BLOCK_MEMORY_BYTES)
     b = (-2 * r + math.sqrt(4 * r * r + 4 * q * budget)) / (2 * q)
+    if out_bytes_per_pair is not None:
+        b = min(b, math.sqrt(_OUT_BLOCK_BYTES / out_bytes_per_pair))
     return max(1, min(n_rows, int(b)))
 
 
@@ -258,7 +268,8 @@ def _auto_block_size(plan: Plan, n_rows: int) -> int:
 
 def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = None, *, method: str = "auto",
                   output: str = "full", params: ParameterSelector = None, block_size: int | None = None,
-                  allow_batch_dependence: bool = False) -> torch.Tensor:
+                  allow_batch_dependence: bool = False, out: str | os.PathLike | None = None,
+                  executor: Any = None, progress: bool = True) -> torch.Tensor | np.memmap:
     r"""Empirical neural tangent kernel of ``model`` between the rows of ``x1`` and ``x2``.
 
     .. math::
@@ -300,6 +311,18 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = 
     block_size : int, optional
         Rows of ``x1`` and of ``x2`` per block; memory is bounded by one block pair. Default:
         the largest block whose estimated working memory stays under 1 GiB.
+    out : str or path, optional
+        Write the kernel block by block into this ``.npy`` file (memory-mapped, so memory stays
+        bounded by one block pair plus the working set) and return it memory-mapped read-only
+        (``np.load(out, mmap_mode="r")``). Each finished block is recorded atomically in
+        ``<out>.progress.json``: rerun the same call after an interruption (even ``kill -9``) and
+        only the missing blocks are computed. A file of another computation is refused.
+    executor : None, "local", "processes" or dask.distributed.Client, default None
+        Where blocks are computed: here (``None``/``"local"``), on a pool of processes (one per
+        CPU), or on a Dask cluster. The model and inputs are sent to each worker once; each task
+        computes one block, which this process writes. The result equals the local one.
+    progress : bool, default True
+        A progress bar over blocks (shown for long runs, as in ``record`` and ``fit``).
     allow_batch_dependence : bool, default False
         Batch normalisation using batch statistics (training mode) makes a sample's output
         depend on the rest of the batch; that is an error unless this is true. The kernel is
@@ -308,9 +331,9 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = 
 
     Returns
     -------
-    Tensor
+    Tensor or numpy.memmap
         Shape ``(N1, N2, K, K)`` for ``output="full"`` and ``(N1, N2)`` for ``"trace"``, on the
-        model's device and in its dtype.
+        model's device and in its dtype; with ``out``, the file memory-mapped read-only.
 
     Raises
     ------
@@ -321,7 +344,9 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = 
         another shape than ``x1``'s; inputs on another device than the parameters; ``params``
         selecting nothing, an empty list, an unknown parameter name or an invalid
         ``"re:<pattern>"``; a batch-dependent model without ``allow_batch_dependence``, or with a
-        ``method`` other than ``"jacobian"``/``"auto"``; dropout in training mode.
+        ``method`` other than ``"jacobian"``/``"auto"``; dropout in training mode; ``out`` that
+        exists and holds another computation (or has no progress record); an unknown
+        ``executor``, or ``out``/``executor`` with a batch-dependent kernel.
     TypeError
         ``model`` not an ``nn.Module``; ``block_size`` not an int (bools are refused);
         ``allow_batch_dependence`` not a bool; ``params`` (or an item of its list) neither a string
@@ -353,36 +378,85 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = 
         block_size = check_int(block_size, "block_size", minimum=1)
     if not isinstance(allow_batch_dependence, bool):
         raise TypeError(f"allow_batch_dependence: expected a bool, got {describe(allow_batch_dependence)}")
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress: expected True or False, got {describe(progress)}")
+    if out is not None and not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"out: expected a path (str or os.PathLike), got {describe(out)}")
+    executor = check_executor(executor)
     selected = select_parameters(model, params)
     x1, x2 = _check_inputs(model, x1, x2, selected)
     problem = _make_problem(model, x1, x2, selected, allow_batch_dependence)
     method = _resolve_method(method, problem)
     builder = _BUILDERS[method]
-    if problem.batch_dependent and block_size is not None:
-        raise ValueError(f"block_size: expected None for a kernel that depends on the batch (each of x1 and x2 "
-                         f"is one batch), got {block_size}")
+    if problem.batch_dependent and (block_size is not None or out is not None or executor not in (None, "local")):
+        raise ValueError(f"block_size, out, executor: expected None for a kernel that depends on the batch (each "
+                         f"of x1 and x2 is one batch), got block_size={block_size}, out={out!r}, "
+                         f"executor={describe(executor) if executor is not None else None}")
     plan = builder.plan(problem, output)
 
     n1 = x1.shape[0]
     symmetric = x2 is None
     n2 = n1 if symmetric else x2.shape[0]
+    k = problem.n_outputs
     if problem.batch_dependent:
         size = max(n1, n2)
     else:
-        size = block_size or _auto_block_size(plan, max(n1, n2))
-    k = problem.n_outputs
+        size = block_size or _auto_block_size(plan, max(n1, n2), (k * k if output == "full" else 1)
+                                              * problem.itemsize if out is not None else None)
     shape = (n1, n2, k, k) if output == "full" else (n1, n2)
     ref = next(iter(problem.params.values()))
     grid = BlockGrid(n1, n2, size, symmetric)
-    sink = TensorSink(grid, torch.empty(shape, dtype=ref.dtype, device=ref.device))
-    x2 = x1 if symmetric else x2
+    job = NTKBlocks(model, x1, x2, method, output, list(problem.params), size, (problem, plan))
+    if out is None:
+        sink = TensorSink(grid, torch.empty(shape, dtype=ref.dtype, device=ref.device))
+    else:
+        key = fingerprint([x1, *([] if x2 is None else [x2]), *problem.params.values()], method=method,
+                          output=output, params=list(problem.params), block_size=size, symmetric=symmetric)
+        sink = NpySink(out, grid, shape, ref.dtype, key)
+    fill_blocks(grid, sink, producer(executor, job), progress=progress, desc=f"ntk ({method})")
+    if out is None:
+        return sink.result
+    return sink.result()
 
-    def block(i: int, j: int) -> torch.Tensor:
-        xa = x1[grid.rows(i, n1)]
-        if symmetric and i == j:
-            b = builder.block(problem, plan, xa, None, output)
+
+class NTKBlocks:
+    """The blocks of one NTK: ``blocks(i, j)`` is the block at rows ``i`` of ``x1`` and ``j`` of ``x2``.
+
+    Picklable: a worker receives the model, inputs and settings once and prepares the problem and
+    plan on its first block (here they are handed over already prepared). Blocks of one job are
+    computed one at a time (the structured builder hooks the model's modules), also when the workers
+    of a cluster are threads that share the job.
+    """
+
+    def __init__(self, model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None, method: str, output: str,
+                 param_names: list[str], size: int, prepared: tuple[NTKProblem, Plan] | None = None) -> None:
+        self.model, self.x1, self.x2 = model, x1, x2
+        self.method, self.output, self.param_names, self.size = method, output, param_names, size
+        self._prepared = prepared
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_prepared", "_lock")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _prepared=None, _lock=threading.Lock())
+
+    def _prepare(self) -> tuple[NTKProblem, Plan]:
+        selected = select_parameters(self.model, self.param_names)
+        problem = _make_problem(self.model, self.x1, self.x2, selected, False)
+        self._prepared = (problem, _BUILDERS[self.method].plan(problem, self.output))
+        return self._prepared
+
+    def __call__(self, i: int, j: int) -> torch.Tensor:
+        with self._lock:
+            return self._block(i, j)
+
+    def _block(self, i: int, j: int) -> torch.Tensor:
+        problem, plan = self._prepared or self._prepare()
+        builder = _BUILDERS[self.method]
+        xa = self.x1[i:i + self.size]
+        if self.x2 is None and i == j:
+            b = builder.block(problem, plan, xa, None, self.output)
             return (b + swap_block(b)) / 2
-        return builder.block(problem, plan, xa, x2[grid.rows(j, n2)], output)
-
-    fill_blocks(grid, sink, local_producer(block), desc=f"ntk ({method})")
-    return sink.result
+        xb = (self.x1 if self.x2 is None else self.x2)[j:j + self.size]
+        return builder.block(problem, plan, xa, xb, self.output)
