@@ -403,7 +403,8 @@ class ModelGraph:
         if isinstance(m, nn.modules.conv._ConvNd):
             return "linear", type(m).__name__.lower()
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            return ("channelwise", "batch_norm") if not m.training or not m.track_running_stats else (
+            running = m.track_running_stats and m.running_mean is not None
+            return ("channelwise", "batch_norm") if not m.training and running else (
                 "opaque", "batch_norm_train")
         if isinstance(m, (nn.Identity, nn.Flatten, nn.Unflatten)):
             return ("reshape", "flatten") if isinstance(m, (nn.Flatten, nn.Unflatten)) else ("channelwise", "identity")

@@ -19,10 +19,12 @@ Two kinds of models are understood (the *gate protocol*):
 * a gated model implementing ``gates(x) -> list[Tensor]`` (one tensor per gated layer, shaped like
   that layer's value-network pre-activation, values in [0, 1]), ``value_forward(x, gates)`` and
   ``value_parameter_names()`` (DGN, DLGN, DLGN-SF);
-* a plain network whose non-linearities are all ``nn.ReLU`` modules: the gates are
-  ``1[input of the ReLU > 0]`` for every call of every ReLU module, and its value network is the
-  network itself with each ReLU's output replaced by (its input ⊙ an external gate), done with
-  forward hooks.
+* a plain network whose non-linearities are all ReLUs (``nn.ReLU`` modules or ``F.relu`` /
+  ``torch.relu`` calls) and whose other operations are affine in eval mode (batch norm, average
+  pooling, residual sums): the gates are ``1[input of the ReLU > 0]`` for every ReLU call of its
+  traced graph, and its value network is the traced network with each ReLU's output replaced by
+  (its input ⊙ an external gate) and each batch norm left out (its scale and shift are a weight
+  and a bias: set to one and zero like the others); see :mod:`sepmeasure.kernels.traced_gates`.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .blocks import BlockGrid, TensorSink, fill_blocks, local_producer
+from .traced_gates import TracedReLUNetwork
 from ..validation import check_features, check_int, describe
 
 __all__ = ["GateOverlap", "gate_overlap", "network_gates", "neural_path_kernel"]
@@ -44,20 +47,6 @@ __all__ = ["GateOverlap", "gate_overlap", "network_gates", "neural_path_kernel"]
 _BLOCK_MEMORY_BYTES = 256 << 20
 _GATE_CHUNK_ROWS = 1024
 _MAX_LISTED = 5
-
-
-def _non_gate_types() -> tuple[type, ...]:
-    """Module types that are non-linearities but not gates, or not linear in their input."""
-    activation = [getattr(nn.modules.activation, n) for n in nn.modules.activation.__all__]
-    activation = [t for t in activation if isinstance(t, type) and issubclass(t, nn.Module) and t is not nn.ReLU]
-    pooling = nn.modules.pooling
-    others = [nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
-              pooling._MaxPoolNd, pooling._AdaptiveMaxPoolNd, pooling._LPPoolNd,
-              nn.FractionalMaxPool2d, nn.FractionalMaxPool3d]
-    return tuple(activation + others)
-
-
-_NON_GATES = _non_gate_types()
 
 
 def _is_bias(name: str) -> bool:
@@ -73,85 +62,8 @@ def _ones_and_zeros(named: Sequence[tuple[str, torch.Tensor]]) -> dict[str, torc
 # Gate sources: plain ReLU networks (hooks) and gated models (the protocol)
 # ----------------------------------------------------------------------------
 
-class _ReLUNetwork:
-    """Gates of every call of every ``nn.ReLU`` module; value network via hooks."""
-
-    needs_linearity_check = True
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        bad = [(n, type(m).__name__) for n, m in model.named_modules()
-               if isinstance(m, _NON_GATES) and not isinstance(m, nn.ReLU)]
-        bad += [(n, type(m).__name__) for n, m in model.named_modules()
-                if isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0]
-        if bad:
-            shown = ", ".join(f"{kind} at {name!r}" for name, kind in bad[:_MAX_LISTED])
-            more = f" (and {len(bad) - _MAX_LISTED} more)" if len(bad) > _MAX_LISTED else ""
-            raise ValueError(f"model: expected a network whose non-linearities are gates (nn.ReLU modules, or a "
-                             f"model implementing gates() and value_forward()), got the non-linearity "
-                             f"{shown}{more}")
-        self.relus: list[tuple[str, nn.Module]] = []
-        seen: set[int] = set()
-        for name, module in model.named_modules():
-            if isinstance(module, nn.ReLU) and id(module) not in seen:
-                seen.add(id(module))
-                self.relus.append((name, module))
-        self.names: list[str] = []
-
-    def gates(self, x: torch.Tensor) -> list[torch.Tensor]:
-        found: list[tuple[str, torch.Tensor]] = []
-
-        def make(name: str):
-            def pre_hook(module: nn.Module, args: Any) -> None:
-                found.append((name, (args[0] > 0).to(args[0].dtype)))
-            return pre_hook
-
-        handles = [m.register_forward_pre_hook(make(n)) for n, m in self.relus]
-        try:
-            with torch.no_grad():
-                self.model(x)
-        finally:
-            for h in handles:
-                h.remove()
-        counts: dict[str, int] = {}
-        names = []
-        for name, _ in found:
-            names.append(name if name not in counts else f"{name}#{counts[name]}")
-            counts[name] = counts.get(name, 0) + 1
-        self.names = names
-        return [g for _, g in found]
-
-    def value_ones(self, u: torch.Tensor, gates: Sequence[torch.Tensor]) -> torch.Tensor:
-        stash: list[torch.Tensor] = []
-        calls = [0]
-
-        def pre_hook(module: nn.Module, args: Any) -> None:
-            stash.append(args[0].clone() if getattr(module, "inplace", False) else args[0])
-
-        def hook(module: nn.Module, args: Any, output: Any) -> torch.Tensor:
-            i = calls[0]
-            calls[0] += 1
-            z = stash.pop()
-            if i >= len(gates) or gates[i].shape != z.shape:
-                want = "no further call" if i >= len(gates) else f"shape {tuple(gates[i].shape)}"
-                raise RuntimeError(f"model: expected the ReLU calls of the gate pass, got call {i} with input "
-                                   f"shape {tuple(z.shape)} where the gates give {want}")
-            return z * gates[i]
-
-        handles = []
-        try:
-            for _, m in self.relus:
-                handles.append(m.register_forward_pre_hook(pre_hook))
-                handles.append(m.register_forward_hook(hook))
-            params = _ones_and_zeros(list(self.model.named_parameters()))
-            with torch.no_grad():
-                out = functional_call(self.model, params, (u,))
-        finally:
-            for h in handles:
-                h.remove()
-        if calls[0] != len(gates):
-            raise RuntimeError(f"model: expected {len(gates)} ReLU calls as in the gate pass, got {calls[0]}")
-        return out
+# Plain ReLU networks: gates and value network from the traced graph (traced_gates.py).
+_ReLUNetwork = TracedReLUNetwork
 
 
 class _ValueForward(nn.Module):
@@ -265,15 +177,16 @@ def _all_gates(source: _ReLUNetwork | _GatedNetwork, x: torch.Tensor, name: str)
 def network_gates(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """The gates ``G_l(x)`` of every gated layer, by layer name.
 
-    For a plain network: ``1[input > 0]`` of every call of every ``nn.ReLU`` module, named by the
-    module (``"layers.0.act"``; a second call of the same module is ``"name#1"``). For a gated
+    For a plain network: ``1[input > 0]`` of every ReLU call of its traced graph, named by the
+    module (``"layers.0.act"``; a second call of the same module is ``"name#1"``) or, for a
+    functional ``F.relu`` / ``torch.relu`` call, by its graph node (``"relu_3"``). For a gated
     model (the gate protocol): ``model.gates(x)``, named ``"gates[0]"``, ``"gates[1]"``, ...
 
     Parameters
     ----------
     model : nn.Module
-        A network whose non-linearities are all ``nn.ReLU`` modules, or a gated model (see
-        :func:`neural_path_kernel`).
+        A ReLU network whose other operations are affine in eval mode (batch norm, average
+        pooling, residual sums), or a gated model (see :func:`neural_path_kernel`).
     x : Tensor of shape ``(N, *features)``
         Inputs, in the dtype and on the device of the model's parameters.
 
@@ -373,8 +286,9 @@ def neural_path_kernel(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | No
     Parameters
     ----------
     model : nn.Module
-        A network whose non-linearities are all ``nn.ReLU`` modules (gates ``1[input > 0]`` of
-        every call), or a gated model implementing ``gates(x)``, ``value_forward(x, gates)`` and
+        A network whose non-linearities are all ReLUs, modules or functional calls (gates
+        ``1[input > 0]`` of every call), whose other operations are affine in eval mode (Linear,
+        convolutions, batch norm in eval mode, average pooling, residual sums), or a gated model implementing ``gates(x)``, ``value_forward(x, gates)`` and
         ``value_parameter_names()`` (soft gates in [0, 1] allowed). Left unmodified.
     x1 : Tensor of shape ``(N1, *features)``
         Inputs, in the dtype and on the device of the model's parameters.
