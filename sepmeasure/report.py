@@ -1,13 +1,15 @@
 """Reports from the tidy tables of finished studies: seaborn figures, Markdown and self-contained HTML.
 
 Everything here reads what :meth:`sepmeasure.study.Study.run` wrote under ``<out>/<study>/``
-(``study.json`` and ``tables/*.csv``) and nothing else, so a report can be rebuilt at any time
+(``study.json`` and ``tables/<name>.csv`` or ``.parquet``) and nothing else, so a report can be rebuilt at any time
 (``sepmeasure report``) without running a study again. Per study it writes
 
 * ``figures/<name>.png``, one per :class:`FigureSpec` of the study (drawn with seaborn on the
   Agg backend),
 * ``report.md`` (figures linked as files) and ``report.html`` (figures embedded as base64
-  data URIs, CSS inline, no scripts and no external links),
+  data URIs, CSS inline, no scripts and no external links), both rendered from one content
+  model (:mod:`sepmeasure.report_content`, whose docstring is the schema) by two jinja2
+  templates (``report_templates/report.md.j2`` and ``report.html.j2``, HTML autoescaped),
 
 and for the whole output folder ``index.md`` / ``index.html``: every study with its claims and
 verdicts, linking to the study reports. Each study report states its claims in the paper's
@@ -17,10 +19,8 @@ and confidence interval, the verdict, the rule that decided it and why.
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
-import math
 import os
 import warnings
 from collections.abc import Mapping
@@ -30,6 +30,8 @@ from typing import Any
 
 import pandas as pd
 
+from .report_content import (FigureEntry, ReferenceNote, compare_verdict, index_page, index_study, overall_claims,
+                             render, study_page)
 from .storage import atomic_write_bytes, atomic_write_text
 from .validation import check_choice, describe
 
@@ -37,9 +39,6 @@ __all__ = ["FigureSpec", "FIGURE_KINDS", "render_figure", "write_study_report", 
            "find_studies", "compare_verdict", "drop_csv_copies", "table_files"]
 
 FIGURE_KINDS: tuple[str, ...] = ("line", "scatter", "bar", "point", "box", "heatmap")
-_PREVIEW_ROWS = 12
-_VERDICT_CLASS = {"supported": "ok", "partly supported": "partly", "not supported": "no",
-                  "inconclusive": "unknown"}
 
 
 @dataclass(frozen=True)
@@ -362,104 +361,6 @@ def drop_csv_copies(out_dir: str | os.PathLike, *, max_bytes: int = CSV_MAX_BYTE
 
 
 # --------------------------------------------------------------------------------------------
-# formatting
-
-
-def _num(v: Any, digits: int = 3) -> str:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return str(v)
-    if math.isnan(f):
-        return "n/a"
-    if f != 0 and (abs(f) >= 1e5 or abs(f) < 1e-3):
-        return f"{f:.{digits}e}"
-    return f"{f:.{digits}g}" if abs(f) >= 1 else f"{f:.{digits}f}".rstrip("0").rstrip(".") or "0"
-
-
-def _effect_text(row: Mapping[str, Any]) -> str:
-    n = int(row["n_seeds"]) if pd.notna(row.get("n_seeds")) else 0
-    text = _num(row["effect"])
-    if pd.notna(row.get("spread")):
-        text += f" ± {_num(row['spread'], 2)} (sd over {n} seeds)"
-    else:
-        text += f" ({n} seed{'s' if n != 1 else ''})"
-    if pd.notna(row.get("lower")) and pd.notna(row.get("upper")):
-        level = f"{float(row['confidence']):.0%}" if pd.notna(row.get("confidence")) else ""
-        text += f"; {level} interval [{_num(row['lower'])}, {_num(row['upper'])}]"
-    return text
-
-
-def _details_text(raw: Any) -> str:
-    if not isinstance(raw, str) or not raw:
-        return ""
-    try:
-        d = json.loads(raw)
-    except json.JSONDecodeError:
-        return ""
-    return ", ".join(f"{k} = {_num(v)}" for k, v in d.items() if v is not None)
-
-
-def _md_escape(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _md_table(frame: pd.DataFrame, max_rows: int | None = None) -> str:
-    if frame.empty and not len(frame.columns):
-        return "_(empty table)_"
-    shown = frame if max_rows is None else frame.head(max_rows)
-    cols = [str(c) for c in shown.columns]
-    lines = ["| " + " | ".join(_md_escape(c) for c in cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in shown.iterrows():
-        lines.append("| " + " | ".join(_md_escape(_cell(v)) for v in r.tolist()) + " |")
-    return "\n".join(lines)
-
-
-def _cell(v: Any) -> str:
-    if isinstance(v, float):
-        return _num(v)
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    return str(v)
-
-
-def _html_table(frame: pd.DataFrame, max_rows: int | None = None) -> str:
-    if frame.empty and not len(frame.columns):
-        return "<p><em>(empty table)</em></p>"
-    shown = frame if max_rows is None else frame.head(max_rows)
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in shown.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in r.tolist()) + "</tr>"
-                   for _, r in shown.iterrows())
-    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
-
-
-_CSS = """
-body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
-padding:0 1em;color:#222;line-height:1.45}
-h1{font-size:1.7em;margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
-blockquote{margin:.6em 0;padding:.4em 1em;border-left:4px solid #8aa;background:#f5f8f8;font-style:italic}
-table{border-collapse:collapse;font-size:.85em;margin:.5em 0}th,td{border:1px solid #ccc;padding:.25em .5em;
-text-align:left;vertical-align:top}th{background:#f0f0f0}.scroll{overflow-x:auto}
-.verdict{display:inline-block;padding:.1em .6em;border-radius:.8em;font-weight:600;font-size:.9em;white-space:nowrap}
-.ok{background:#d4f4dd;color:#135d2a}.partly{background:#fff1c2;color:#6b5200}.no{background:#fbd5d5;color:#7d1111}
-.unknown{background:#e4e4e4;color:#333}.claim{border:1px solid #ddd;border-radius:6px;padding:.3em 1em 1em;margin:1em 0}
-dl{display:grid;grid-template-columns:max-content 1fr;gap:.3em 1em;margin:.5em 0}dt{font-weight:600}dd{margin:0}
-figure{margin:1.2em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}figcaption{font-size:.9em;color:#555}
-.meta{color:#555;font-size:.9em}.caveat{color:#6b5200}
-"""
-
-
-def _page(title: str, body: str) -> str:
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
-
-
-def _badge(verdict: str) -> str:
-    return f'<span class="verdict {_VERDICT_CLASS.get(verdict, "unknown")}">{html.escape(verdict)}</span>'
-
-
-# --------------------------------------------------------------------------------------------
 # one study
 
 
@@ -518,178 +419,32 @@ def write_study_report(study_dir: str | os.PathLike, *, index: bool = True) -> d
         if found:
             tables[name] = _read_table(found[0])
             files[name] = found
-    claims = tables.get("claims", pd.DataFrame())
-
-    figures: list[tuple[FigureSpec, Path | None, str]] = []
+    figures: list[FigureEntry] = []
+    drawn: list[Path] = []
     for raw in meta.get("figures", []):
         spec = FigureSpec.from_dict(raw)
         target = study_dir / "figures" / f"{spec.name}.png"
+        heading = spec.title or spec.name
         try:
             if spec.table not in tables:
                 raise ValueError(f"figure '{spec.name}': no table named '{spec.table}' (tables: {sorted(tables)})")
-            atomic_write_bytes(target, render_figure(spec, tables[spec.table]))
-            figures.append((spec, target, ""))
+            png = render_figure(spec, tables[spec.table])
+            atomic_write_bytes(target, png)
         except Exception as exc:
             warnings.warn(f"{study_dir.name}: figure '{spec.name}' not drawn: {exc}", stacklevel=2)
-            figures.append((spec, None, str(exc)))
+            figures.append(FigureEntry(name=spec.name, heading=heading, caption=spec.caption, file=None,
+                                       error=str(exc)))
+            continue
+        drawn.append(target)
+        figures.append(FigureEntry(name=spec.name, heading=heading, caption=spec.caption,
+                                   file=f"figures/{target.name}", png_base64=base64.b64encode(png).decode("ascii")))
 
-    md = _study_markdown(meta, tables, files, claims, figures)
-    page = _study_html(meta, tables, files, claims, figures)
-    md_path = atomic_write_text(study_dir / "report.md", md)
-    html_path = atomic_write_text(study_dir / "report.html", page)
+    page = study_page(meta, tables, {name: [p.name for p in found] for name, found in files.items()}, figures)
+    md_path = atomic_write_text(study_dir / "report.md", render(page, "markdown"))
+    html_path = atomic_write_text(study_dir / "report.html", render(page, "html"))
     if index:
         write_index(study_dir.parent)
-    return {"html": html_path, "markdown": md_path, "figures": [p for _, p, _ in figures if p is not None]}
-
-
-def _overall(claims: pd.DataFrame) -> pd.DataFrame:
-    if claims.empty or "group" not in claims.columns:
-        return claims
-    return claims[claims["group"] == "all"]
-
-
-def _groups(claims: pd.DataFrame, name: str) -> pd.DataFrame:
-    if claims.empty:
-        return claims
-    sub = claims[(claims["claim"] == name) & (claims["group"] != "all")]
-    return pd.DataFrame({
-        "group": sub["group"], "effect": sub["effect"].map(_num), "sd over seeds": sub["spread"].map(_num),
-        "interval": [f"[{_num(a)}, {_num(b)}]" for a, b in zip(sub["lower"], sub["upper"])],
-        "seeds": sub["n_seeds"], "verdict": sub["verdict"]})
-
-
-def _provenance(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
-    env = meta.get("environment", {}) or {}
-    versions = ", ".join(f"{k[len('version_'):]} {v}" for k, v in env.items() if k.startswith("version_"))
-    return [
-        ("Mode", str(meta.get("mode", ""))),
-        ("Seeds", ", ".join(str(s) for s in meta.get("seeds", []))),
-        ("Configurations", f"{meta.get('n_configurations', '?')} ({meta.get('n_computed', '?')} computed in "
-                           f"the last run, {meta.get('n_cached', '?')} from the cache)"),
-        ("Time", f"last run {_num(meta.get('wall_time_s', float('nan')))} s; compute over all "
-                 f"configurations {_num(meta.get('compute_time_s', float('nan')))} s"),
-        ("Executor", str(meta.get("executor", ""))),
-        ("Device", str(env.get("device", ""))),
-        ("Git commit", str(env.get("git_commit") or "none")),
-        ("Libraries", versions),
-        ("Finished", str(meta.get("finished_at", ""))),
-    ]
-
-
-def _study_markdown(meta, tables, files, claims, figures) -> str:
-    title = meta.get("title") or meta["name"]
-    out = [f"# {title}", "", "[All studies](../index.md)", ""]
-    if meta.get("paper"):
-        out += [f"**Paper:** {meta['paper']}", ""]
-    if meta.get("description"):
-        out += [meta["description"], ""]
-    out += ["## Claims", ""]
-    overall = _overall(claims)
-    if overall.empty:
-        out += ["_This study states no claims._", ""]
-    else:
-        summary = pd.DataFrame({"claim": overall["claim"], "paper": overall["paper"],
-                                "statement": overall["statement"], "verdict": overall["verdict"]})
-        out += [_md_table(summary), ""]
-    for _, row in overall.iterrows():
-        out += [f"### {row['claim']}", "", f"> {_md_escape(row['statement'])}", ">",
-                f"> — {row['paper']}", "",
-                f"- **Measured:** {row['measured']}",
-                f"- **Result:** {_effect_text(row)}"]
-        det = _details_text(row.get("details"))
-        if det:
-            out.append(f"- **Details:** {det}")
-        out += [f"- **Verdict:** **{row['verdict']}** — {row['reason']}",
-                f"- **Rule:** {row['rule']}"]
-        if row["verdict"] != "supported" and isinstance(row.get("caveat"), str) and row["caveat"]:
-            out.append(f"- **Why it may differ from the paper:** {row['caveat']}")
-        groups = _groups(claims, row["claim"])
-        if not groups.empty:
-            out += ["", _md_table(groups)]
-        out.append("")
-    out += ["## Figures", ""]
-    if not figures:
-        out += ["_No figures._", ""]
-    for spec, path, error in figures:
-        heading = spec.title or spec.name
-        if path is None:
-            out += [f"**{heading}**: could not be drawn ({error}).", ""]
-        else:
-            out += [f"![{heading}](figures/{path.name})", ""]
-            if spec.caption:
-                out += [f"_{spec.caption}_", ""]
-    out += ["## Tables", ""]
-    for name, table in tables.items():
-        out += [f"### {name}", "", f"{len(table)} rows × {len(table.columns)} columns — "
-                + " · ".join(f"[tables/{p.name}](tables/{p.name})" for p in files[name]), ""]
-        if name != "claims":
-            out += [_md_table(_preview(table), _PREVIEW_ROWS), ""]
-    out += ["## Provenance", ""] + [f"- **{k}:** {v}" for k, v in _provenance(meta)] + [""]
-    return "\n".join(out)
-
-
-def _preview(table: pd.DataFrame) -> pd.DataFrame:
-    """The table without its provenance columns (kept in the CSV)."""
-    drop = [c for c in table.columns if str(c).startswith("version_") or c in (
-        "platform", "git_commit", "host", "finished_at", "config_hash", "device_name")]
-    return table.drop(columns=drop)
-
-
-def _study_html(meta, tables, files, claims, figures) -> str:
-    title = meta.get("title") or meta["name"]
-    parts = ['<nav><a href="../index.html">All studies</a></nav>', f"<h1>{html.escape(title)}</h1>"]
-    if meta.get("paper"):
-        parts.append(f'<p class="meta"><strong>Paper:</strong> {html.escape(meta["paper"])}</p>')
-    if meta.get("description"):
-        parts.append(f"<p>{html.escape(meta['description'])}</p>")
-    parts.append("<h2>Claims</h2>")
-    overall = _overall(claims)
-    if overall.empty:
-        parts.append("<p><em>This study states no claims.</em></p>")
-    else:
-        rows = "".join(
-            f'<tr><td><a href="#claim-{i}">{html.escape(str(r["claim"]))}</a></td><td>{html.escape(str(r["paper"]))}'
-            f'</td><td>{html.escape(str(r["statement"]))}</td><td>{_badge(str(r["verdict"]))}</td></tr>'
-            for i, (_, r) in enumerate(overall.iterrows()))
-        parts.append('<div class="scroll"><table><thead><tr><th>claim</th><th>paper</th><th>statement</th>'
-                     f"<th>verdict</th></tr></thead><tbody>{rows}</tbody></table></div>")
-    for i, (_, row) in enumerate(overall.iterrows()):
-        items = [("Measured", html.escape(str(row["measured"]))), ("Result", html.escape(_effect_text(row)))]
-        det = _details_text(row.get("details"))
-        if det:
-            items.append(("Details", html.escape(det)))
-        items += [("Verdict", f"{_badge(str(row['verdict']))} {html.escape(str(row['reason']))}"),
-                  ("Rule", html.escape(str(row["rule"])))]
-        if row["verdict"] != "supported" and isinstance(row.get("caveat"), str) and row["caveat"]:
-            items.append(("Why it may differ", f'<span class="caveat">{html.escape(row["caveat"])}</span>'))
-        dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items)
-        groups = _groups(claims, row["claim"])
-        gtable = _html_table(groups) if not groups.empty else ""
-        parts.append(f'<section class="claim" id="claim-{i}"><h3>{html.escape(str(row["claim"]))}</h3>'
-                     f'<blockquote>{html.escape(str(row["statement"]))}<br>— {html.escape(str(row["paper"]))}'
-                     f"</blockquote><dl>{dl}</dl>{gtable}</section>")
-    parts.append("<h2>Figures</h2>")
-    if not figures:
-        parts.append("<p><em>No figures.</em></p>")
-    for spec, path, error in figures:
-        heading = html.escape(spec.title or spec.name)
-        if path is None:
-            parts.append(f"<p><strong>{heading}</strong>: could not be drawn ({html.escape(error)}).</p>")
-            continue
-        data = base64.b64encode(path.read_bytes()).decode("ascii")
-        cap = f"<figcaption>{html.escape(spec.caption)}</figcaption>" if spec.caption else ""
-        parts.append(f'<figure id="fig-{html.escape(spec.name)}"><h3>{heading}</h3>'
-                     f'<img src="data:image/png;base64,{data}" alt="{heading}">{cap}</figure>')
-    parts.append("<h2>Tables</h2>")
-    for name, table in tables.items():
-        parts.append(f"<h3>{html.escape(name)}</h3><p>{len(table)} rows × {len(table.columns)} columns — "
-                     + " · ".join(f'<a href="tables/{html.escape(p.name)}">tables/{html.escape(p.name)}</a>'
-                                  for p in files[name]) + "</p>")
-        if name != "claims":
-            parts.append(_html_table(_preview(table), _PREVIEW_ROWS))
-    prov = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in _provenance(meta))
-    parts.append(f"<h2>Provenance</h2><dl>{prov}</dl>")
-    return _page(title, "\n".join(parts))
+    return {"html": html_path, "markdown": md_path, "figures": drawn}
 
 
 # --------------------------------------------------------------------------------------------
@@ -701,37 +456,10 @@ def _reference_verdicts(reference: Path) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for sdir in find_studies(reference):
         found = _read_named_table(sdir / "tables", "claims")
-        claims = _overall(found) if found is not None else pd.DataFrame()
+        claims = overall_claims(found) if found is not None else pd.DataFrame()
         out[sdir.name] = ({str(c): str(v) for c, v in zip(claims["claim"], claims["verdict"])}
                           if not claims.empty else {})
     return out
-
-
-def compare_verdict(verdict: str, reference: str | None) -> str:
-    """How a verdict compares with the reference run's verdict of the same claim.
-
-    Parameters
-    ----------
-    verdict : str
-        The verdict of this run.
-    reference : str or None
-        The reference run's verdict of the same claim; None when the reference lacks it.
-
-    Returns
-    -------
-    str
-        ``"same"``, ``"differs"`` or ``"no reference"``.
-
-    Examples
-    --------
-    >>> compare_verdict("supported", "supported"), compare_verdict("supported", "inconclusive")
-    ('same', 'differs')
-    >>> compare_verdict("supported", None)
-    'no reference'
-    """
-    if reference is None:
-        return "no reference"
-    return "same" if verdict == reference else "differs"
 
 
 def write_index(out_dir: str | os.PathLike, *, reference: str | os.PathLike | None = None) -> dict[str, Path]:
@@ -775,64 +503,22 @@ def write_index(out_dir: str | os.PathLike, *, reference: str | os.PathLike | No
     for sdir in studies:
         meta = _read_meta(sdir)
         found = _read_named_table(sdir / "tables", "claims")
-        claims = _overall(found) if found is not None else pd.DataFrame()
+        claims = overall_claims(found) if found is not None else pd.DataFrame()
         entries.append((sdir, meta, claims))
 
-    md = ["# Studies", "", "Each study reproduces claims of a paper; verdicts are decided by the rule written "
-          "in the study script.", ""]
-    body = ["<h1>Studies</h1>", "<p>Each study reproduces claims of a paper; verdicts are decided by the rule "
-            "written in the study script.</p>"]
+    note = None
     if ref is not None:
-        link = Path(os.path.relpath(ref_dir.resolve(), root.resolve())).as_posix()
         n_same = sum(compare_verdict(str(v), ref.get(sdir.name, {}).get(str(c))) == "same"
                      for sdir, _, claims in entries if not claims.empty
                      for c, v in zip(claims["claim"], claims["verdict"]))
-        n_all = sum(len(claims) for _, _, claims in entries)
-        text = (f"Compared with the reference run in `{link}`: {n_same} of {n_all} verdicts are the same "
-                f"(the column *compared* says which).")
-        md += [text.replace(f"`{link}`", f"[`{link}`]({link}/index.md)"), ""]
-        body.append("<p>" + html.escape(text).replace(
-            html.escape(f"`{link}`"), f'<a href="{html.escape(link)}/index.html"><code>{html.escape(link)}</code></a>')
-            .replace("*compared*", "<em>compared</em>") + "</p>")
-    if not entries:
-        md += ["_No study results yet: run `sepmeasure study all --quick`._"]
-        body.append("<p><em>No study results yet: run <code>sepmeasure study all --quick</code>.</em></p>")
-    for sdir, meta, claims in entries:
-        title = meta.get("title") or meta["name"]
-        has_html = (sdir / "report.html").is_file()
-        has_md = (sdir / "report.md").is_file()
-        counts = claims["verdict"].value_counts().to_dict() if not claims.empty else {}
-        summary = ", ".join(f"{n} {v}" for v, n in counts.items()) or "no claims"
-        link_md = f"[{title}]({sdir.name}/report.md)" if has_md else title
-        md += [f"## {link_md}", "", f"**Paper:** {meta.get('paper', '')}  ", f"**Verdicts:** {summary}  ",
-               f"**Mode:** {meta.get('mode', '')}, seeds {meta.get('seeds', [])}; "
-               f"{_num(meta.get('compute_time_s', float('nan')))} s of compute over "
-               f"{meta.get('n_configurations', '?')} configurations", ""]
-        link = (f'<a href="{html.escape(sdir.name)}/report.html">{html.escape(title)}</a>' if has_html
-                else html.escape(title))
-        paper = html.escape(str(meta.get("paper", "")))
-        timing = (f"{_num(meta.get('compute_time_s', float('nan')))} s of compute over "
-                  f"{meta.get('n_configurations', '?')} configurations")
-        body.append(f"<h2>{link}</h2><p class=\"meta\"><strong>Paper:</strong> {paper}"
-                    f"<br><strong>Verdicts:</strong> {html.escape(summary)}"
-                    f"<br><strong>Mode:</strong> {html.escape(str(meta.get('mode', '')))}, seeds "
-                    f"{html.escape(str(meta.get('seeds', [])))}; {html.escape(timing)}</p>")
-        if not claims.empty:
-            table = pd.DataFrame({"claim": claims["claim"], "statement": claims["statement"],
-                                  "verdict": claims["verdict"]})
-            if ref is not None:
-                theirs = [ref.get(sdir.name, {}).get(str(c)) for c in claims["claim"]]
-                table["reference verdict"] = [t if t is not None else "" for t in theirs]
-                table["compared"] = [compare_verdict(str(v), t) for v, t in zip(claims["verdict"], theirs)]
-            md += [_md_table(table), ""]
-            rows = "".join("<tr>" + "".join(
-                f"<td>{_badge(str(v)) if k in ('verdict', 'reference verdict') and v else html.escape(str(v))}</td>"
-                for k, v in r.items()) + "</tr>" for _, r in table.iterrows())
-            head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
-            body.append(f'<div class="scroll"><table><thead><tr>{head}'
-                        f"</tr></thead><tbody>{rows}</tbody></table></div>")
-    md_path = atomic_write_text(root / "index.md", "\n".join(md) + "\n")
-    html_path = atomic_write_text(root / "index.html", _page("Studies", "\n".join(body)))
+        note = ReferenceNote(link=Path(os.path.relpath(ref_dir.resolve(), root.resolve())).as_posix(),
+                             n_same=n_same, n_claims=sum(len(claims) for _, _, claims in entries))
+    page = index_page([index_study(sdir.name, meta, claims, has_markdown=(sdir / "report.md").is_file(),
+                                   has_html=(sdir / "report.html").is_file(),
+                                   reference=None if ref is None else ref.get(sdir.name, {}))
+                       for sdir, meta, claims in entries], note)
+    md_path = atomic_write_text(root / "index.md", render(page, "markdown"))
+    html_path = atomic_write_text(root / "index.html", render(page, "html"))
     return {"html": html_path, "markdown": md_path}
 
 
