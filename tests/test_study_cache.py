@@ -89,28 +89,53 @@ def _calls(tree: ast.AST, names: set[str]):
                     yield dotted, node
 
 
+def _safe_keyword(call: ast.Call, name: str, safe: bool, default: object) -> bool:
+    """The call passes ``name=safe`` literally, or leaves it out where the library's default is ``safe``."""
+    keywords = {k.arg: k.value for k in call.keywords}
+    if None in keywords:  # **kwargs: cannot tell
+        return False
+    if name not in keywords:
+        return default is safe
+    value = keywords[name]
+    return isinstance(value, ast.Constant) and value.value is safe
+
+
 def test_no_loader_in_the_package_or_the_studies_can_unpickle():
-    """torch.load only with weights_only=True, np.load only with allow_pickle=False, no pickle.load."""
+    """torch.load only with weights_only=True, np.load only with allow_pickle=False (given, or the
+    installed library's default, checked here), and no pickle.load of a file anywhere."""
+    import inspect
+
+    import numpy as np
+    import torch
+
+    np_default = inspect.signature(np.load).parameters["allow_pickle"].default
+    torch_default = inspect.signature(torch.load).parameters["weights_only"].default
+    assert np_default is False
     found = []
     for path in [*(ROOT / "sepmeasure").rglob("*.py"), *(ROOT / "studies").glob("*.py")]:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for name, call in _calls(tree, {"torch.load", "np.load", "numpy.load", "pickle.load", "pickle.loads",
-                                        "cloudpickle.load", "pd.read_pickle", "pandas.read_pickle"}):
-            keywords = {k.arg: k.value for k in call.keywords}
+                                        "cloudpickle.load", "cloudpickle.loads", "pd.read_pickle",
+                                        "pandas.read_pickle"}):
             where = f"{path.relative_to(ROOT)}:{call.lineno} {name}"
             found.append(where)
             if name == "torch.load":
-                value = keywords.get("weights_only")
-                assert isinstance(value, ast.Constant) and value.value is True, f"{where} without weights_only=True"
+                assert _safe_keyword(call, "weights_only", True, torch_default), f"{where} without weights_only=True"
             elif name in ("np.load", "numpy.load"):
-                value = keywords.get("allow_pickle")
-                assert isinstance(value, ast.Constant) and value.value is False, \
-                    f"{where} without allow_pickle=False"
+                assert _safe_keyword(call, "allow_pickle", False, np_default), f"{where} with allow_pickle not False"
             elif name == "cloudpickle.loads":
-                pass  # the payload a worker receives from this process, never a file
+                assert path.name == "worker.py", f"{where}: only a worker unpickles, the task this process sent"
             else:
                 raise AssertionError(f"{where}: files must not be unpickled")
     assert any("np.load" in f for f in found), "the check found none of the package's np.load calls"
+
+
+def test_the_loader_check_catches_an_unsafe_call():
+    tree = ast.parse("np.load(p, allow_pickle=True)\ntorch.load(p, weights_only=False)\nnp.load(p, **kw)")
+    calls = [c for _, c in _calls(tree, {"np.load", "torch.load"})]
+    assert not _safe_keyword(calls[0], "allow_pickle", False, False)
+    assert not _safe_keyword(calls[1], "weights_only", True, True)
+    assert not _safe_keyword(calls[2], "allow_pickle", False, False)
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from sepmeasure.cli import load_study, main
 from sepmeasure.study import Study, StudyError
 
 ROOT = Path(__file__).resolve().parents[1]
+STORAGE = str(ROOT / "sepmeasure" / "storage.py")
 
 SLOW = """
 import sys, time
@@ -40,9 +41,11 @@ if __name__ == "__main__":
 """
 
 HOLD_TMP = """
-import sys, time
-from sepmeasure.storage import atomic_path
-with atomic_path(sys.argv[1]) as tmp:
+import importlib.util, sys, time
+spec = importlib.util.spec_from_file_location("storage", sys.argv[3])  # the module alone: starts fast
+storage = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(storage)
+with storage.atomic_path(sys.argv[1]) as tmp:
     tmp.write_text("in flight")
     print(tmp, flush=True)
     time.sleep(float(sys.argv[2]))
@@ -76,17 +79,22 @@ def _finish(proc: subprocess.Popen) -> str:
 # issue 19, item 2: one run per output folder
 
 
-def test_a_second_run_on_a_busy_folder_stops_with_a_clear_message(tmp_path):
+def test_a_second_run_on_a_busy_folder_stops_with_a_clear_message_unless_it_waits(tmp_path, capsys):
     out = tmp_path / "out"
-    proc, script = _start_slow(tmp_path, out)
+    proc, script = _start_slow(tmp_path, out, sleep=1.0)
     try:
-        study = load_study(script)
         with pytest.raises(StudyError, match=rf"in use by another run \(pid {proc.pid} on "):
-            study.run(out=out, progress=False)
+            load_study(script).run(out=out, progress=False)
+        code = main(["study", "s1", "--studies", str(tmp_path), "--out", str(out), "--no-progress"])
+        err = capsys.readouterr().err
+        assert code == 1
+        assert re.search(rf"error: study s1_slow failed: .*in use by another run \(pid {proc.pid} on .*--wait", err), err
+        assert main(["study", "s1", "--studies", str(tmp_path), "--out", str(out), "--no-progress", "--wait"]) == 0
+        assert "2 configurations (0 computed, 2 cached)" in capsys.readouterr().out
     finally:
         text = _finish(proc)
     assert "computed 2" in text
-    assert len(list((out / "started").iterdir())) == 2  # the refused run computed nothing
+    assert len(list((out / "started").iterdir())) == 2
 
 
 def test_a_second_run_with_wait_waits_and_then_finds_everything_cached(tmp_path):
@@ -100,23 +108,9 @@ def test_a_second_run_with_wait_waits_and_then_finds_everything_cached(tmp_path)
     assert sorted(result.tables["results"]["value"]) == [0, 10]
 
 
-def test_the_command_line_refuses_a_busy_folder_and_waits_with_wait(tmp_path, capsys):
-    out = tmp_path / "out"
-    proc, script = _start_slow(tmp_path, out, sleep=1.0)
-    try:
-        code = main(["study", "s1", "--studies", str(tmp_path), "--out", str(out), "--no-progress"])
-        err = capsys.readouterr().err
-        assert code == 1
-        assert re.search(rf"error: study s1_slow failed: .*in use by another run \(pid {proc.pid} on .*--wait", err), err
-        assert main(["study", "s1", "--studies", str(tmp_path), "--out", str(out), "--no-progress", "--wait"]) == 0
-        assert "2 configurations (0 computed, 2 cached)" in capsys.readouterr().out
-    finally:
-        _finish(proc)
-
-
 def _dead_writers_temporary(target: Path) -> Path:
     """A temporary file left by a writer killed mid-write (a real process, killed with SIGKILL)."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD_TMP, str(target), "60"], env=_env(),
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_TMP, str(target), "60", STORAGE], env=_env(),
                             stdout=subprocess.PIPE, text=True)
     tmp = Path(proc.stdout.readline().strip())
     proc.send_signal(signal.SIGKILL)
@@ -132,7 +126,7 @@ def test_temporary_files_are_removed_only_when_their_writer_is_dead(tmp_path):
     study.run(out=out, progress=False)
     stale_index = _dead_writers_temporary(out / "index.html")
     stale_table = _dead_writers_temporary(out / "tiny" / "tables" / "results.csv")
-    live = subprocess.Popen([sys.executable, "-c", HOLD_TMP, str(out / "tiny" / "report.html"), "60"],
+    live = subprocess.Popen([sys.executable, "-c", HOLD_TMP, str(out / "tiny" / "report.html"), "60", STORAGE],
                             env=_env(), stdout=subprocess.PIPE, text=True)
     try:
         live_tmp = Path(live.stdout.readline().strip())

@@ -12,6 +12,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from sepmeasure.study import StudyTerminated, TerminationSignals
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = """
@@ -43,7 +45,18 @@ def _alive(proc: psutil.Process) -> bool:
         return False
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sighup_and_sigterm_raise_study_terminated_while_installed_and_are_restored_after():
+    before = signal.getsignal(signal.SIGHUP)
+    for signum in (signal.SIGHUP, signal.SIGTERM):
+        with pytest.raises(StudyTerminated) as info:
+            with TerminationSignals():
+                os.kill(os.getpid(), signum)
+                time.sleep(5)  # the handler raises before this ends
+        assert info.value.signum == signum
+    assert signal.getsignal(signal.SIGHUP) == before
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM])
 def test_a_signal_to_a_process_pool_study_leaves_no_child_alive(tmp_path, signum):
     script = tmp_path / "s1_sleepy.py"
     script.write_text(SCRIPT)
