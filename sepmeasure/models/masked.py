@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..validation import check_int, check_positive, describe
+from .folding import fold_traced
 from .sites import find_sites, replace_sites, resolve_sites
 from .standard import CNN, MLP, ResNet, _add_channel_axis
 
@@ -312,7 +313,10 @@ class FoldReport:
 
     ``parameters_*`` count the network's parameters (mask logits excluded: they only decide
     the structure); ``macs_*`` count multiply-adds of one sample through the weight matrices
-    and convolutions (``None`` for a CNN folded without ``input_shape``).
+    and convolutions (``None`` for a CNN or another model folded without ``input_shape``).
+    ``kept`` lists ``(mask, reason)`` for every mask with linear units that could not be
+    taken out of the network (other models than MLP and CNN; see
+    :mod:`sepmeasure.models.folding`).
     """
 
     model: str
@@ -324,6 +328,7 @@ class FoldReport:
     macs_before: int | None
     macs_after: int | None
     input_shape: tuple[int, ...] | None
+    kept: tuple[tuple[str, str], ...] = ()
 
     def to_frame(self) -> pd.DataFrame:
         """Tidy: one row per (measure, stage)."""
@@ -660,9 +665,15 @@ def fold(model: nn.Module, input_shape: Sequence[int] | None = None) -> FoldedML
     channels run in an exact linear stream beside the non-linear trunk
     (:class:`FoldedCNN`): only non-linear channels pass through activations.
 
+    Any other masked model (a ``ResNet``, a user's model masked by :func:`apply_masks`) is
+    folded on its traced graph, mask by mask (:mod:`sepmeasure.models.folding`): an all-linear
+    mask between two ``Linear`` layers (with a batch norm in eval mode between them or not) is
+    composed away, other all-linear masks become identities, and the report's ``kept`` says
+    for each mask that could not be taken out why (e.g. inside a residual branch).
+
     Parameters
     ----------
-    model : MLP or CNN
+    model : nn.Module
         With :class:`LinearityMask` activations (see :func:`apply_masks`) in hard mode; layers
         without a mask count as fully non-linear.
     input_shape : sequence of int, optional
@@ -672,7 +683,7 @@ def fold(model: nn.Module, input_shape: Sequence[int] | None = None) -> FoldedML
 
     Returns
     -------
-    FoldedMLP or FoldedCNN
+    FoldedMLP, FoldedCNN or torch.fx.GraphModule (other models)
         Computes the same outputs (float32: within 1e-5; float64: within 1e-10); its
         ``.report`` is a :class:`FoldReport` with parameter and multiply-add counts
         before and after.
@@ -680,8 +691,8 @@ def fold(model: nn.Module, input_shape: Sequence[int] | None = None) -> FoldedML
     Raises
     ------
     TypeError
-        ``model`` is not an :class:`~sepmeasure.models.MLP` or :class:`~sepmeasure.models.CNN`
-        (e.g. a ``ResNet`` or a gated network); an entry of ``input_shape`` is not an int; an
+        ``model`` is not a module, holds no :class:`LinearityMask` or cannot be traced; an
+        entry of ``input_shape`` is not an int; an
         activation applied to kept (non-linear) units has parameters other than the per-channel
         slopes of ``nn.PReLU`` (e.g. a :class:`~sepmeasure.models.LinearizablePReLU`).
     ValueError
@@ -705,4 +716,13 @@ def fold(model: nn.Module, input_shape: Sequence[int] | None = None) -> FoldedML
         return _fold_mlp(model, input_shape)
     if isinstance(model, CNN):
         return _fold_cnn(model, input_shape)
-    raise TypeError(f"model: expected a masked sepmeasure.models.MLP or CNN, got {describe(model)}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a masked model (see apply_masks), got {describe(model)}")
+    if not _masks(model):
+        raise TypeError(f"model: expected a model with LinearityMask modules (see apply_masks), got "
+                        f"{type(model).__name__} without any")
+    program, units, n_linear, kept = fold_traced(model, LinearityMask)
+    macs = (_count_macs(model, input_shape), _count_macs(program, input_shape)) if input_shape else (None, None)
+    program.report = FoldReport(type(model).__name__, "traced", units, n_linear, _count_parameters(model),
+                                _count_parameters(program), macs[0], macs[1], input_shape, tuple(kept))
+    return program
