@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test report bench clean
+.PHONY: install test report docs bench clean
 
 install: $(STAMP)
 
@@ -27,6 +27,16 @@ REPORT_OUT ?= reports/quick
 report: install
 	$(VENV)/bin/sepmeasure study all --quick --out $(REPORT_OUT)
 	$(VENV)/bin/sepmeasure report $(REPORT_OUT) --reference reports
+
+# The documentation site: mkdocs-material + mkdocstrings into build/site/; --strict makes any
+# warning (a docstring griffe cannot parse, a broken link or anchor) fail the build.
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 bench: install
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -55,6 +55,8 @@ class Callback:
         Global optimiser steps after which to run (1 = after the first update), e.g. the
         early steps of training.
 
+    Notes
+    -----
     Subclasses implement :meth:`measure`, which returns a list of dicts (rows) or a DataFrame;
     ``epoch`` and ``step`` columns are added. A callback may also override :meth:`on_step_end`
     (called after every optimiser step, e.g. to clamp parameters) or :meth:`penalty`.
