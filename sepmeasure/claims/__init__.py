@@ -42,6 +42,7 @@ The package, by concern:
 * :mod:`~sepmeasure.claims.rows`: the one ``where`` row filter (also used by report figures);
 * :mod:`~sepmeasure.claims.verdicts`: the interval, the decision rule and the combination of groups;
 * :mod:`~sepmeasure.claims.results`: :class:`ClaimResult` and the claims table;
+* :mod:`~sepmeasure.claims.control`: :class:`Control`, what an effect is measured against;
 * :mod:`~sepmeasure.claims.base`: :class:`Claim`, what every kind shares;
 * :mod:`~sepmeasure.claims.kinds` and :mod:`~sepmeasure.claims.comovement`: the kinds.
 """
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 from .base import Claim
 from .comovement import CoMovement, sign_agreement
+from .control import Control
 from .kinds import ClosedForm, Comparison, MonotoneTrend, Threshold
 from .results import ClaimResult, claims_frame
 from .rows import Where, describe_rows, select_rows
@@ -57,6 +59,7 @@ from .verdicts import COMBINATION_RULE, VERDICTS, bootstrap_interval, combine_ve
 __all__ = [
     "VERDICTS",
     "Claim",
+    "Control",
     "ClaimResult",
     "MonotoneTrend",
     "Comparison",

@@ -1,6 +1,7 @@
 """What every claim kind shares: :class:`Claim` (filters, groups, seeds, the interval and the verdict)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..validation import check_int, check_probability, describe
+from .control import Control
 from .results import ClaimResult
 from .rows import Where, describe_rows, select_rows
 from .verdicts import COMBINATION_RULE, bootstrap_interval, combine_with_reason, decide, verdict_split
@@ -29,6 +31,10 @@ def _as_tuple(value: Any, name: str) -> tuple[str, ...]:
             raise TypeError(f"{name}: expected column names (str), got {describe(v)}")
     return out
 
+
+
+def _key_tuple(key: Any) -> tuple:
+    return key if isinstance(key, tuple) else (key,)
 
 
 def _group_label(keys: tuple[str, ...], values: Any) -> str:
@@ -69,6 +75,16 @@ class Claim:
     caveat : str
         Why a result may differ from the paper (scale, data, optimiser); shown in the report
         when the verdict is not ``supported``.
+    control : Control, optional
+        What the effect is measured against (:class:`~sepmeasure.claims.control.Control`):
+        with one, the effect is the statistic relative to the control's value (difference or
+        ratio, per unit, averaged per seed) and the bound applies to that; the claims table
+        shows it in ``control`` and ``baseline``. Without one, ``control`` reads
+        ``"none given"`` (or the kind's built-in baseline, e.g. side ``b`` of a
+        :class:`Comparison`).
+    not_supported_if : str
+        The study author's sentence on what result would have made the claim "not supported";
+        the rule's own condition is always appended.
     """
 
     name: str
@@ -85,8 +101,12 @@ class Claim:
     min_seeds: int = 2
     measured: str | None = None
     caveat: str = ""
+    control: Control | None = None
+    not_supported_if: str = ""
 
     kind: ClassVar[str] = "claim"
+    #: The attribute a column control replaces (None: the kind takes no column control).
+    control_field: ClassVar[str | None] = None
 
     def __post_init__(self) -> None:
         for attr in ("name", "paper", "statement", "table", "seed"):
@@ -103,6 +123,14 @@ class Claim:
         check_int(self.n_boot, "n_boot", minimum=10)
         check_int(self.random_state, "random_state", minimum=0)
         check_int(self.min_seeds, "min_seeds", minimum=1)
+        if self.control is not None and not isinstance(self.control, Control):
+            raise TypeError(f"control: expected a sepmeasure.claims.Control (Control.rows, .from_column, .constant "
+                            f"or .absent), got {describe(self.control)}")
+        if self.control is not None and self.control.source == "column" and self.control_field is None:
+            raise ValueError(f"control: a {self.kind} claim takes no column control (Control.from_column); use "
+                             f"Control.rows or Control.constant")
+        if not isinstance(self.not_supported_if, str):
+            raise TypeError(f"not_supported_if: expected a str, got {describe(self.not_supported_if)}")
 
     # -- what every kind supplies ---------------------------------------------------------
     def _columns(self) -> tuple[str, ...]:
@@ -119,6 +147,14 @@ class Claim:
     def _default_measured(self) -> str:
         raise NotImplementedError
 
+    def _builtin_control(self) -> str | None:
+        """What the kind's statistic is already relative to, when no control is given (None: nothing)."""
+        return None
+
+    def _builtin_baseline(self, details: Mapping[str, float]) -> float:
+        """The built-in control's value in one unit, from that unit's details."""
+        return math.nan
+
     # -- shared -------------------------------------------------------------------------------
     @property
     def description(self) -> str:
@@ -129,7 +165,37 @@ class Claim:
             extra += f"; one value per {', '.join(self.within)} and seed, averaged per seed"
         if self.by:
             extra += f"; decided separately for each {', '.join(self.by)}"
+        if self._relative_control() is not None:
+            extra += f"; against the control: {self.control.text}"
         return text + extra
+
+    def _relative_control(self) -> Control | None:
+        """The control the effect is taken relative to (None without one, or for an absent one)."""
+        return self.control if self.control is not None and self.control.source != "none" else None
+
+    @property
+    def control_text(self) -> str:
+        """The ``control`` column: the declared control, the kind's built-in baseline, or ``"none given"``."""
+        if self.control is not None:
+            return self.control.text
+        return self._builtin_control() or "none given"
+
+    @property
+    def failure_condition(self) -> str:
+        """The sentence on what result would have made the claim "not supported" (the ``not_supported_if`` column)."""
+        direction, bound, partial = self._decision()
+        side, wrong = (">", "<") if direction == "above" else ("<", ">")
+        what = "the effect"
+        control = self._relative_control()
+        if control is not None:
+            what += f" ({control.relative} from the control)"
+        cond = f"the {self.confidence:.0%} interval over seeds of {what} had lain entirely {wrong} {bound:.4g}"
+        if partial is not None:
+            cond += f" and not entirely {side} {partial:.4g}"
+        text = (f"Not supported if {cond}" if not self.by else
+                f"Not supported if more than half of the groups had been, a group being not supported if {cond}")
+        return f"{self.not_supported_if.rstrip('.')}. By the rule: {text[0].lower()}{text[1:]}." \
+            if self.not_supported_if else text + "."
 
     @property
     def rule(self) -> str:
@@ -137,7 +203,11 @@ class Claim:
         direction, bound, partial = self._decision()
         side, wrong = (">", "<") if direction == "above" else ("<", ">")
         level = f"{self.confidence:.0%}"
-        text = (f"supported if the {level} bootstrap interval over seeds of the effect lies entirely {side} "
+        what = "the effect"
+        control = self._relative_control()
+        if control is not None:
+            what += f" (the statistic {'minus' if control.relative == 'difference' else 'divided by'} the control's)"
+        text = (f"supported if the {level} bootstrap interval over seeds of {what} lies entirely {side} "
                 f"{bound:.4g}")
         if partial is not None:
             text += (f"; partly supported if it lies entirely {wrong} {bound:.4g} but entirely {side} "
@@ -166,29 +236,41 @@ class Claim:
             ``table`` is not a pandas DataFrame.
         ValueError
             ``table`` lacks the seed column or a column the claim reads (its own, ``by``,
-            ``within``); ``where`` filters on a column the table lacks, or its filter function does
-            not return one boolean per row.
+            ``within``, a column control's column); ``where`` (the claim's or its control's)
+            filters on a column the table lacks, or its filter function does not return one
+            boolean per row.
         """
         if not isinstance(table, pd.DataFrame):
             raise TypeError(f"table: expected a pandas DataFrame for claim '{self.name}', got {describe(table)}")
-        needed = (self.seed, *self._columns(), *self.by, *self.within)
+        control = self._relative_control()
+        own = (control.column,) if control is not None and control.source == "column" else ()
+        needed = (self.seed, *self._columns(), *own, *self.by, *self.within)
         missing = [c for c in dict.fromkeys(needed) if c not in table.columns]
         if missing:
             raise ValueError(f"table: claim '{self.name}' expected columns {list(dict.fromkeys(needed))}, "
                              f"missing {missing}; the table has {list(table.columns)}")
         rows = select_rows(table, self.where, f"claim '{self.name}'")
+        control_rows = (select_rows(table, control.where, f"the control of claim '{self.name}'")
+                        if control is not None and control.source == "rows" else None)
         if not self.by:
-            per_seed, details = self._per_seed(rows)
-            return self._result(per_seed, details, group="all")
+            per_seed, details, baselines = self._per_seed(rows, control_rows)
+            return self._result(per_seed, details, group="all", baselines=baselines)
         groups: list[ClaimResult] = []
         seed_matrix: dict[Any, list[float]] = {}
+        base_matrix: dict[Any, list[float]] = {}
+        control_groups = ({_key_tuple(k): g for k, g in control_rows.groupby(list(self.by), sort=True, dropna=False)}
+                          if control_rows is not None else {})
         for key, sub in rows.groupby(list(self.by), sort=True, dropna=False):
-            per_seed, details = self._per_seed(sub)
-            groups.append(self._result(per_seed, details, group=_group_label(self.by, key)))
+            ctrl = control_groups.get(_key_tuple(key), control_rows.iloc[:0]) if control_rows is not None else None
+            per_seed, details, baselines = self._per_seed(sub, ctrl)
+            groups.append(self._result(per_seed, details, group=_group_label(self.by, key), baselines=baselines))
             for s, v in per_seed.items():
                 seed_matrix.setdefault(s, []).append(v)
+            for s, v in baselines.items():
+                base_matrix.setdefault(s, []).append(v)
         overall_seed = {s: float(np.mean(v)) for s, v in seed_matrix.items()}
-        overall = self._result(overall_seed, self._overall_details(groups), group="all")
+        overall_base = {s: float(np.mean(v)) for s, v in base_matrix.items()}
+        overall = self._result(overall_seed, self._overall_details(groups), group="all", baselines=overall_base)
         verdicts = [g.verdict for g in groups]
         verdict, why = combine_with_reason(verdicts)
         split = verdict_split(verdicts)
@@ -205,29 +287,61 @@ class Claim:
                 out[k] = float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
         return out
 
-    def _per_seed(self, rows: pd.DataFrame) -> tuple[dict[Any, float], dict[str, Any]]:
+    def _units(self, rows: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
+        """The units of one seed's rows: one per ``within`` combination (one in all without ``within``)."""
+        if not self.within:
+            return {(): rows}
+        return {_key_tuple(k): u for k, u in rows.groupby(list(self.within), sort=True, dropna=False)}
+
+    def _per_seed(self, rows: pd.DataFrame, control_rows: pd.DataFrame | None = None
+                  ) -> tuple[dict[Any, float], dict[str, Any], dict[Any, float]]:
+        """Per-seed effects (relative to the control when there is one), details, per-seed baselines."""
+        control = self._relative_control()
+        twin = (dataclasses.replace(self, **{self.control_field: control.column}, control=None)
+                if control is not None and control.source == "column" else None)
+        control_seeds = dict(iter(control_rows.groupby(self.seed, sort=True))) if control_rows is not None else {}
         per_seed: dict[Any, float] = {}
+        baselines: dict[Any, float] = {}
+        raw_seed: dict[Any, float] = {}
         collected: dict[str, list[float]] = {}
         for seed, seed_rows in rows.groupby(self.seed, sort=True):
-            units = [seed_rows] if not self.within else [u for _, u in seed_rows.groupby(list(self.within),
-                                                                                          sort=True, dropna=False)]
-            effects = []
-            for unit in units:
+            control_units = self._units(control_seeds[seed]) if seed in control_seeds else {}
+            effects, bases, raws = [], [], []
+            for key, unit in self._units(seed_rows).items():
                 effect, det = self._unit_effect(unit)
-                if math.isfinite(effect):
-                    effects.append(effect)
                 for k, v in det.items():
                     collected.setdefault(k, []).append(v)
+                if control is None:
+                    base, value = self._builtin_baseline(det), effect
+                else:
+                    if control.source == "rows":
+                        base = self._unit_effect(control_units[key])[0] if key in control_units else math.nan
+                    elif control.source == "column":
+                        base = twin._unit_effect(unit)[0]
+                    else:
+                        base = float(control.value)
+                    value = control.relate(effect, base)
+                if math.isfinite(value):
+                    effects.append(value)
+                    raws.append(effect)
+                    if math.isfinite(base):
+                        bases.append(base)
             if effects:
                 per_seed[seed] = float(np.mean(effects))
+                raw_seed[seed] = float(np.mean(raws))
+                if bases:
+                    baselines[seed] = float(np.mean(bases))
         details = {k: (float(np.nanmean(v)) if np.isfinite(v).any() else math.nan) for k, v in collected.items()}
         details.update(self._pooled_details(rows))
-        return per_seed, details
+        if control is not None:
+            details["effect_before_control"] = float(np.mean(list(raw_seed.values()))) if raw_seed else math.nan
+        return per_seed, details, baselines
 
     def _pooled_details(self, rows: pd.DataFrame) -> dict[str, Any]:
         return {}
 
-    def _result(self, per_seed: Mapping[Any, float], details: Mapping[str, Any], group: str) -> ClaimResult:
+    def _result(self, per_seed: Mapping[Any, float], details: Mapping[str, Any], group: str,
+                baselines: Mapping[Any, float] | None = None) -> ClaimResult:
         values = np.array(list(per_seed.values()), dtype=float)
         n = int(values.size)
         effect = float(values.mean()) if n else math.nan
@@ -238,6 +352,8 @@ class Claim:
         if n == 0:
             verdict, reason = ("inconclusive", "no seed has a finite effect: no rows match the claim, or its "
                                                "statistic is undefined on them (e.g. a measure that does not vary)")
+            if self._relative_control() is not None:
+                reason += ", or the control has no value for the same seeds and units"
         else:
             verdict, reason = decide(lower, upper, n, direction=direction, bound=bound, partial=partial,
                                      min_seeds=self.min_seeds)
@@ -246,7 +362,9 @@ class Claim:
             measured=self.description, rule=self.rule, verdict=verdict, reason=reason, effect=effect,
             lower=lower, upper=upper, spread=spread, confidence=self.confidence, n_seeds=n,
             per_seed=tuple((s, float(v)) for s, v in per_seed.items()), group=group, details=dict(details),
-            caveat=self.caveat)
+            caveat=self.caveat, control=self.control_text,
+            baseline=float(np.mean(list(baselines.values()))) if baselines else math.nan,
+            not_supported_if=self.failure_condition)
 
 
 def check_column_name(value: Any, name: str) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -113,6 +114,7 @@ class CoMovement(Claim):
     n_perm: int = 1000
 
     kind: ClassVar[str] = "co-movement"
+    control_field: ClassVar[str | None] = "a"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -139,6 +141,18 @@ class CoMovement(Claim):
         if self.statistic == "sign_agreement":
             return f"share of {self.time} intervals in which {self.a} and {self.b} change in the same direction"
         return f"Spearman correlation of the per-interval changes of {self.a} and {self.b} over {self.time}"
+
+    def _builtin_control(self) -> str | None:
+        if self.statistic == "excess_agreement":
+            return ("exact permutation baseline of the sign agreement (changes re-paired at random); "
+                    "effect = agreement - baseline")
+        if self.statistic == "sign_agreement":
+            return ("exact permutation baseline of the sign agreement (changes re-paired at random), reported "
+                    "beside: the rule reads the raw agreement, not its excess over the baseline")
+        return "permutation baseline 0 (the rank correlation of re-paired changes); effect = the correlation"
+
+    def _builtin_baseline(self, details: Mapping[str, float]) -> float:
+        return 0.0 if self.statistic == "spearman" else float(details.get("baseline", math.nan))
 
     def _changes(self, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         series = (rows[[self.time, self.a, self.b]].apply(pd.to_numeric, errors="coerce")

@@ -51,6 +51,7 @@ class MonotoneTrend(Claim):
     min_effect: float = 0.5
 
     kind: ClassVar[str] = "monotone trend"
+    control_field: ClassVar[str | None] = "y"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -125,6 +126,7 @@ class Comparison(Claim):
     higher_is_better: bool = True
 
     kind: ClassVar[str] = "comparison"
+    control_field: ClassVar[str | None] = "value"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -157,6 +159,14 @@ class Comparison(Claim):
         first, second = (self.a, self.b) if self.higher_is_better else (self.b, self.a)
         return (f"{self.statistic} of mean {self.value}: [{describe_rows(first)[7:]}] {op} "
                 f"[{describe_rows(second)[7:]}], paired by seed")
+
+    def _builtin_control(self) -> str | None:
+        op = "-" if self.statistic == "difference" else "/"
+        return (f"side b, the rows{describe_rows(self.b)}: baseline = their mean {self.value}; "
+                f"effect = a {op} b" + ("" if self.higher_is_better else " with the sides swapped (lower is better)"))
+
+    def _builtin_baseline(self, details: Mapping[str, float]) -> float:
+        return float(details.get("mean_b", math.nan))
 
     def _unit_effect(self, rows: pd.DataFrame) -> tuple[float, dict[str, float]]:
         va = pd.to_numeric(select_rows(rows, self.a, f"claim '{self.name}'")[self.value], errors="coerce").mean()
@@ -206,6 +216,7 @@ class ClosedForm(Claim):
     relative: bool = True
 
     kind: ClassVar[str] = "closed form"
+    control_field: ClassVar[str | None] = "value"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -275,6 +286,7 @@ class Threshold(Claim):
     partial: float | None = None
 
     kind: ClassVar[str] = "threshold"
+    control_field: ClassVar[str | None] = "value"
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -43,6 +43,13 @@ class ClaimResult:
         The per-seed effects.
     group : str
         ``"all"`` for the overall result, else the group (``"layer=2"``).
+    control : str
+        What the effect is measured against (``"none given"`` when the claim declares nothing
+        and its kind has no built-in baseline; ``"no control: why"`` for an absent one).
+    baseline : float
+        The control's value of the statistic, mean over seeds (``nan`` without one).
+    not_supported_if : str
+        What result would have made the claim "not supported".
     split : str
         For a claim decided ``by`` groups, how the groups' verdicts split
         (``"1 of 3 groups supported, 2 not supported"``); empty otherwise.
@@ -76,6 +83,9 @@ class ClaimResult:
     groups: tuple["ClaimResult", ...] = ()
     caveat: str = ""
     split: str = ""
+    control: str = "none given"
+    baseline: float = math.nan
+    not_supported_if: str = ""
 
     @property
     def verdict_text(self) -> str:
@@ -100,19 +110,21 @@ class ClaimResult:
     def _row(self) -> dict[str, Any]:
         return {
             "claim": self.claim, "group": self.group, "kind": self.kind, "paper": self.paper,
-            "statement": self.statement, "measured": self.measured, "effect": self.effect,
+            "statement": self.statement, "measured": self.measured, "control": self.control,
+            "baseline": self.baseline, "effect": self.effect,
             "lower": self.lower, "upper": self.upper, "spread": self.spread,
             "confidence": self.confidence, "n_seeds": self.n_seeds, "verdict": self.verdict,
-            "split": self.split, "reason": self.reason, "rule": self.rule, "caveat": self.caveat,
+            "split": self.split, "reason": self.reason, "rule": self.rule,
+            "not_supported_if": self.not_supported_if, "caveat": self.caveat,
             "per_seed": json.dumps([[_plain(s), _plain(v)] for s, v in self.per_seed]),
             "details": json.dumps({k: _plain(v) for k, v in self.details.items()}),
         }
 
 
 #: Columns of the claims table, in order.
-FRAME_COLUMNS = ("claim", "group", "kind", "paper", "statement", "measured", "effect", "lower", "upper",
-                  "spread", "confidence", "n_seeds", "verdict", "split", "reason", "rule", "caveat", "per_seed",
-                  "details")
+FRAME_COLUMNS = ("claim", "group", "kind", "paper", "statement", "measured", "control", "baseline", "effect",
+                 "lower", "upper", "spread", "confidence", "n_seeds", "verdict", "split", "reason", "rule",
+                 "not_supported_if", "caveat", "per_seed", "details")
 
 
 def claims_frame(results: Sequence[ClaimResult]) -> pd.DataFrame:
@@ -128,8 +140,8 @@ def claims_frame(results: Sequence[ClaimResult]) -> pd.DataFrame:
     pandas.DataFrame
         The rows of :meth:`ClaimResult.to_frame` of every result, one after the other; with no
         results, an empty table with the same columns (``claim``, ``group``, ``kind``, ``paper``,
-        ``statement``, ``measured``, ``effect``, ``lower``, ``upper``, ``spread``, ``confidence``,
-        ``n_seeds``, ``verdict``, ``split``, ``reason``, ``rule``, ``caveat``, ``per_seed``, ``details``).
+        ``statement``, ``measured``, ``control``, ``baseline``, ``effect``, ``lower``, ``upper``, ``spread``, ``confidence``,
+        ``n_seeds``, ``verdict``, ``split``, ``reason``, ``rule``, ``not_supported_if``, ``caveat``, ``per_seed``, ``details``).
 
     Raises
     ------
