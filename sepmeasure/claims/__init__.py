@@ -44,6 +44,8 @@ The package, by concern:
 * :mod:`~sepmeasure.claims.results`: :class:`ClaimResult` and the claims table;
 * :mod:`~sepmeasure.claims.control`: :class:`Control`, what an effect is measured against;
 * :mod:`~sepmeasure.claims.base`: :class:`Claim`, what every kind shares;
+* :mod:`~sepmeasure.claims.registry`: :class:`ClaimRegistry`, a study's claims, thresholds and
+  reasons declared in one place and pinned by a fingerprint tied to the study version;
 * :mod:`~sepmeasure.claims.kinds` and :mod:`~sepmeasure.claims.comovement`: the kinds.
 """
 from __future__ import annotations
@@ -52,6 +54,7 @@ from .base import Claim
 from .comovement import CoMovement, sign_agreement
 from .control import Control
 from .kinds import ClosedForm, Comparison, MonotoneTrend, Threshold
+from .registry import ClaimRegistry, Decision
 from .results import ClaimResult, claims_frame
 from .rows import Where, describe_rows, select_rows
 from .verdicts import COMBINATION_RULE, VERDICTS, bootstrap_interval, combine_verdicts, decide, verdict_split
@@ -60,6 +63,8 @@ __all__ = [
     "VERDICTS",
     "Claim",
     "Control",
+    "ClaimRegistry",
+    "Decision",
     "ClaimResult",
     "MonotoneTrend",
     "Comparison",
