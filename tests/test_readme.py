@@ -47,3 +47,13 @@ def test_readme_examples_run_and_compute_what_they_say(tmp_path, monkeypatch, ca
         torch.testing.assert_close(ns["folded"](x), ns["masked"](x), rtol=0, atol=1e-4)
     assert ns["folded"].report.linear_units == int(sm.linear_fraction(ns["masked"])["linear_units"].sum())
     assert float(sm.nonlinear_fraction(ns["lin"])["nonlinear_fraction"].mean()) < 1.0
+    # your own model: a plain-torch ResNet-18 through its traced graph
+    assert ns["resnet_acts"].layer_names == ("relu", "layer1", "layer4")
+    assert [tuple(t.shape) for t in ns["resnet_acts"].values()] == [(200, 4), (200, 4), (200, 32)]
+    assert set(ns["resnet_sep"]["layer"]) == {"relu", "layer1", "layer4"}
+    assert ns["resnet_ntk"].shape == (8, 8)
+    assert float(sm.average_path_length(ns["resnet_lin"], normalized=True)) == 13.0
+    with torch.no_grad():
+        torch.testing.assert_close(ns["resnet_folded"](ns["images"]), ns["resnet_masked"](ns["images"]),
+                                   rtol=0, atol=1e-5)
+    assert [name for name, _ in ns["resnet_folded"].report.kept] == ["relu_1"]
