@@ -290,7 +290,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             remove_dead_temporaries(root)
             for study_dir in find_studies(root):
                 verify_study_folder(study_dir)
-        written = write_report(args.dir)
+        written = write_report(args.dir, reference=args.reference)
     except (FileNotFoundError, NotADirectoryError, StudyFolderError) as exc:
         raise CommandError(str(exc)) from None
     except (ValueError, pd.errors.ParserError) as exc:  # a table or study.json the checks could not vouch for

@@ -231,3 +231,19 @@ def test_report_on_a_damaged_table_of_an_older_folder_without_checksums(tmp_path
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "claims.csv" in err, err
 
+
+
+def test_a_table_kept_as_parquet_only_still_verifies_and_an_edit_of_it_is_refused(tmp_path, capsys):
+    pytest.importorskip("pyarrow")
+    from sepmeasure.study import StudyFolderError, verify_study_folder
+
+    out = tmp_path / "out"
+    _mixing_study().run(out=out, progress=False)
+    tables = out / "mix" / "tables"
+    (tables / "results.csv").unlink()  # what the reference run's drop of large CSV copies does
+    assert verify_study_folder(out / "mix")["name"] == "mix"
+    frame = pd.read_parquet(tables / "results.parquet")
+    frame.loc[0, "value"] = -1.0
+    frame.to_parquet(tables / "results.parquet", index=False)
+    with pytest.raises(StudyFolderError, match="results.parquet"):
+        verify_study_folder(out / "mix")

@@ -227,8 +227,9 @@ def read_study_json(path: str | os.PathLike) -> dict[str, Any]:
 def verify_study_folder(study_dir: str | os.PathLike) -> dict[str, Any]:
     """Check that a study folder holds one run: its ``study.json`` and every table it lists.
 
-    With checksums (written by this version), every table file must be the one the run that wrote
-    ``study.json`` recorded; without (an older folder), every listed CSV table must be readable.
+    With checksums (written by this version), every file of a listed table (its CSV and parquet
+    copies, one of which may have been dropped) must be the one the run that wrote ``study.json``
+    recorded; without (an older folder), every such file must be a readable table.
 
     Parameters
     ----------
@@ -275,34 +276,35 @@ def verify_study_folder(study_dir: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+def _table_files(tables_dir: Path, name: str) -> list[Path]:
+    """The files of table ``name`` that exist (its CSV and parquet copies; either may have been dropped)."""
+    return [p for p in (tables_dir / f"{name}.csv", tables_dir / f"{name}.parquet") if p.is_file()]
+
+
 def _verify_checksums(tables_dir: Path, meta: Mapping[str, Any]) -> None:
     checksums = meta["checksums"]
-    for name in meta["tables"]:
-        if f"{name}.csv" not in checksums:
-            raise _problem(tables_dir.parent / "study.json", f"no checksum for table {name!r}")
     run = meta.get("run_id", "?")
-    for file_name, digest in checksums.items():
-        path = tables_dir / file_name
-        if not path.is_file():
-            raise _problem(path, f"missing (run {run} wrote it)")
-        if file_checksum(path) != digest:
-            raise _problem(path, f"not the table run {run} wrote (edited, damaged, or written by another run; "
-                                 f"the folder would mix runs)")
+    for name in meta["tables"]:
+        files = _table_files(tables_dir, name)
+        if not files:
+            raise _problem(tables_dir / f"{name}.csv", f"missing (run {run} wrote table {name!r})")
+        for path in files:
+            if checksums.get(path.name) != file_checksum(path):
+                raise _problem(path, f"not the table run {run} wrote (edited, damaged, or written by another run; "
+                                     f"the folder would mix runs)")
 
 
 def _verify_readable(tables_dir: Path, names: list[str]) -> None:
     import pandas as pd
 
     for name in names:
-        path = tables_dir / f"{name}.csv"
-        if not path.is_file():
-            continue
-        try:
-            pd.read_csv(path)
-        except pd.errors.EmptyDataError:
-            continue
-        except Exception as exc:
-            raise _problem(path, f"not a readable CSV table ({type(exc).__name__}: {str(exc)[:200]})") from None
+        for path in _table_files(tables_dir, name):
+            try:
+                pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+            except pd.errors.EmptyDataError:
+                continue
+            except Exception as exc:
+                raise _problem(path, f"not a readable table ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
 def mark_writing(study_dir: str | os.PathLike, run_id: str) -> None:
