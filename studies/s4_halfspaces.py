@@ -65,7 +65,7 @@ _COMMON_QUICK = {"n_data": 1000, "width": 12, "depth": 6, "epochs": 30, "lr_grid
                  "val_fraction": 0.25, "batch_size": 64, "beta_start": 1.0, "beta_end": 16.0, "grid": 50,
                  "top_k": 5, "top_candidates": 200, "min_cells": 8, "support_radius": 0.3, "n_random": 30,
                  "n_clusters": 3, "map_seed": 0}
-_COMMON_FULL = {**_COMMON_QUICK, "n_data": 2000, "width": 16, "epochs": 60, "grid": 80, "top_k": 8,
+_COMMON_FULL = {**_COMMON_QUICK, "n_data": 2000, "width": 16, "epochs": 40, "grid": 80, "top_k": 8,
                 "top_candidates": 400, "min_cells": 16, "n_random": 100, "n_clusters": 4}
 QUICK = [{**_COMMON_QUICK, "dataset": list(DATASETS)}]
 FULL = [{**_COMMON_FULL, "dataset": list(DATASETS)}]
@@ -740,7 +740,7 @@ STUDY = Study(
                  "linear gating chain, and shallow-features DLGNs (DLGN-SF: every gating layer reads the input), "
                  "with soft gates annealed from beta = 1 to 16, are trained with Adam on two moons, xor and "
                  "spirals (quick: width 12, depth 6, 30 epochs, 1000 samples, 3 seeds; full: width 16, depth 6, "
-                 "60 epochs, 2000 samples, 10 seeds). A quarter of each training set is held out (stratified) "
+                 "40 epochs, 2000 samples, 10 seeds). A quarter of each training set is held out (stratified) "
                  "to choose the learning rate of every arm from the grid; the test split serves only the reported "
                  "test accuracy. Controls: the same network with its gating frozen at initialisation (only the "
                  "value network trained); random intersections of as many half-planes as layers holding the same "
