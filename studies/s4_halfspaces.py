@@ -638,8 +638,8 @@ def _decisions(gating: str) -> list[tuple]:
          "version-2 run); a positive gain below it is partly supported."),
         (Threshold(
             name=f"features-on-smooth-regions{sfx}", paper=PAPER, table="regions", where=g,
-            statement=f"{_SMOOTH}. Tested reading: the regions (intersections of half-spaces) of the {model}'s "
-                      f"paths with the largest value weight are purer (the target is more nearly constant on them) "
+            statement=f"{_SMOOTH}. Tested reading: the regions (intersections of half-spaces) of the paths of "
+                      f"the {model} with the largest value weight are purer (the target is more nearly constant on them) "
                       f"than random intersections of as many half-spaces of the same area.",
             value="purity", op=">=", bound=0.0, by="dataset",
             control=Control.from_column("random_purity",
