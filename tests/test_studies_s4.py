@@ -370,3 +370,23 @@ def test_effective_halfspaces_of_the_built_model_are_those_of_the_gates():
         hs = effective_halfspaces(model)
         for q, g in zip(hs.pre_activations(x), model.gates(x)):
             assert torch.equal((q > 0).float(), g)
+
+
+def test_training_and_selection_never_see_the_test_split(monkeypatch):
+    from sepmeasure.data import load_dataset
+    seen, real_fit = [], S4.fit
+
+    def recording_fit(model, train, test=None, **kwargs):
+        seen.append((train.X.clone(), test))
+        return real_fit(model, train, test, **kwargs)
+
+    monkeypatch.setattr(S4, "fit", recording_fit)
+    cfg = {**TINY, "seed": 1, "epochs": 1}
+    S4.run_one(cfg)
+    train, test = load_dataset(cfg["dataset"], split="both", seed=1, size=cfg["n_data"])
+    fit_part, val = S4.validation_split(train, cfg["val_fraction"], 1)
+    assert len(seen) == 2 * 2 * 2                           # gatings x arms x learning rates
+    for X, t in seen:
+        assert t is None and torch.equal(X, fit_part.X)     # only the fitting part of the training data
+        assert not (X[:, None, :] == test.X[None]).all(-1).any()
+        assert not (X[:, None, :] == val.X[None]).all(-1).any()
