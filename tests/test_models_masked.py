@@ -144,13 +144,18 @@ def test_fold_cnn_is_exact(widths, dim, stride, padding_mode, bias, dtype, tol, 
                               activation=["relu", "tanh", "prelu", "elu"][trial])).to(device, dtype)
         _randomize_masks(net, g, p_linear=[0.0, 1.0, None, None][trial])
         shape = (2,) + (11,) * dim
-        folded = fold(net, input_shape=shape)
+        folded = fold(net, input_shape=shape, collapse=False)
         x = torch.randn(9, *shape, generator=g, dtype=dtype).to(device)
         torch.testing.assert_close(folded(x), net(x), rtol=0, atol=tol)
         # the linear stream keeps every weight; only the PReLU slopes of linear channels go
         dropped_slopes = sum(int((b.act.mask() == 0).sum()) for b in net.layers) if trial == 2 else 0
         assert folded.report.parameters_after == folded.report.parameters_before - dropped_slopes
-        assert folded.report.macs_after == folded.report.macs_before
+        assert folded.report.macs_after == folded.report.macs_before and not folded.report.collapsed
+        # by default an all-linear end is composed into one affine map where that is cheaper: still exact
+        collapsed = fold(net, input_shape=shape)
+        torch.testing.assert_close(collapsed(x), net(x), rtol=0, atol=tol)
+        assert collapsed.report.macs_after <= collapsed.report.macs_before
+        assert bool(collapsed.report.collapsed) == (collapsed.report.macs_after < collapsed.report.macs_before)
 
 
 def test_fold_counts_by_hand_mlp():
@@ -181,6 +186,11 @@ def test_fold_collapses_an_all_linear_network_to_one_affine_map(device):
     # the single map is the product of the weights (an independent composition)
     w = net.head.weight @ net.layers[2].linear.weight @ net.layers[1].linear.weight @ net.layers[0].linear.weight
     torch.testing.assert_close(f.output.maps["from_0"].weight, w, rtol=1e-12, atol=1e-12)
+    x = torch.randn(8, 5, dtype=torch.float64, device=device)
+    torch.testing.assert_close(f(x), net(x), rtol=1e-12, atol=1e-12)
+    # brute force: one multiply-add per weight of every Linear layer, against one per entry of the single map
+    assert f.report.macs_before == sum(m.weight.numel() for m in net.modules() if isinstance(m, nn.Linear))
+    assert f.report.macs_after == w.numel()
 
 
 def test_fold_all_linear_middle_stretch_becomes_one_shortcut():
@@ -194,6 +204,84 @@ def test_fold_all_linear_middle_stretch_becomes_one_shortcut():
     assert folded.trunk[1].maps["from_1"].weight.shape == (5, 5)
     x = torch.randn(10, 4)
     torch.testing.assert_close(folded(x), net(x), rtol=0, atol=1e-5)
+
+
+def _brute_force_macs(net: CNN, input_shape: tuple[int, ...]) -> int:
+    """Multiply-adds of one sample through a plain CNN, one by one: every output position of every conv
+    (taps on the zero padding included, as fold's report counts them) and every head weight."""
+    count = 0
+    spatial = list(input_shape[1:])
+    for block in net.layers:
+        conv = block.conv
+        k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+        out_spatial = [sum(1 for start in range(-p, n + p) if start + k <= n + p and (start + p) % s == 0)
+                       for n in spatial]
+        positions = 1
+        for n in out_spatial:
+            positions *= n
+        for _ in range(conv.out_channels * positions):
+            for _ in range(conv.in_channels * k ** len(spatial)):
+                count += 1
+        spatial = out_spatial
+    return count + net.head.in_features * net.head.out_features
+
+
+@pytest.mark.parametrize("dim, stride, padding_mode, bias", [(1, 1, "zeros", True), (1, 2, "circular", False),
+                                                            (2, 1, "zeros", True), (2, 2, "reflect", True)])
+def test_fold_collapses_an_all_linear_cnn_to_one_affine_map(dim, stride, padding_mode, bias):
+    g = torch.Generator().manual_seed(dim * 10 + stride)
+    net = apply_masks(CNN(2, [3, 4, 3], 5, dim=dim, stride=stride, padding_mode=padding_mode, bias=bias))
+    net = net.to(torch.float64)
+    _randomize_masks(net, g, p_linear=1.0)
+    shape = (2,) + (9,) * dim
+    folded = fold(net, input_shape=shape)
+    assert len(folded.layers) == 0 and folded.tail is not None and "from the input" in folded.report.collapsed
+    x = torch.randn(6, *shape, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(folded(x), net(x), rtol=1e-12, atol=1e-12)
+    # the map is the network's Jacobian (autograd, independent of the basis read-off) and its value at 0
+    d = 2 * 9 ** dim
+    jac = torch.autograd.functional.jacobian(lambda v: net(v.reshape(1, *shape))[0], torch.zeros(d, dtype=torch.float64))
+    torch.testing.assert_close(folded.tail.from_trunk.weight, jac, rtol=1e-12, atol=1e-12)
+    if bias:
+        torch.testing.assert_close(folded.tail.bias, net(torch.zeros(1, *shape, dtype=torch.float64))[0])
+    else:
+        assert folded.tail.bias is None
+    r = folded.report
+    assert r.macs_before == _brute_force_macs(net, shape)
+    assert r.macs_after == d * 5 < r.macs_before
+    assert r.parameters_after == d * 5 + 5 * bias
+
+
+def test_fold_collapses_the_linear_end_of_a_cnn_after_its_last_nonlinear_layer():
+    g = torch.Generator().manual_seed(3)
+    net = apply_masks(CNN(1, [4, 5, 3], 6, dim=1)).to(torch.float64)
+    net.layers[0].act.set_nonlinear(torch.tensor([True, False, True, False]))
+    for block in net.layers[1:]:
+        block.act.set_nonlinear(torch.zeros(block.act.channels, dtype=torch.bool))
+    shape = (1, 12)
+    folded = fold(net, input_shape=shape)
+    x = torch.randn(5, *shape, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(folded(x), net(x), rtol=1e-12, atol=1e-12)
+    assert len(folded.layers) == 1 and "from the outputs of layer 1" in folded.report.collapsed
+    # kept: layer 1 (4 output channels x 1 input channel x 3 taps x 12 positions), then (4 x 12) x 6 classes
+    first = _brute_force_macs(CNN(1, [4], 1, dim=1), shape) - 4
+    assert folded.report.macs_after == first + 4 * 12 * 6
+    assert folded.report.macs_before == _brute_force_macs(net, shape)
+    # a non-linear channel in the last layer leaves nothing to compose
+    net.layers[2].act.set_nonlinear(torch.tensor([True, False, False]))
+    kept = fold(net, input_shape=shape)
+    assert kept.tail is None and kept.report.collapsed == "" and kept.report.macs_after == kept.report.macs_before
+    torch.testing.assert_close(kept(x), net(x), rtol=1e-12, atol=1e-12)
+
+
+def test_fold_keeps_the_convolutions_when_one_affine_map_costs_more():
+    # one 1x1 channel and 20 classes: conv 30 + head 20 multiply-adds against 30 x 20 for the map
+    net = apply_masks(CNN(1, [1], 20, dim=1, kernel_size=1))
+    net.layers[0].act.set_nonlinear(torch.tensor([False]))
+    f = fold(net, input_shape=(1, 30))
+    assert f.tail is None and f.report.collapsed == "" and f.report.macs_after == f.report.macs_before == 50
+    with pytest.raises(TypeError, match="collapse: expected a bool"):
+        fold(net, input_shape=(1, 30), collapse="yes")
 
 
 def test_fold_counts_by_hand_cnn():

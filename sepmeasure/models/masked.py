@@ -316,7 +316,8 @@ class FoldReport:
     and convolutions (``None`` for a CNN or another model folded without ``input_shape``).
     ``kept`` lists ``(mask, reason)`` for every mask with linear units that could not be
     taken out of the network (other models than MLP and CNN; see
-    :mod:`sepmeasure.models.folding`).
+    :mod:`sepmeasure.models.folding`). ``collapsed`` says which all-linear end of a CNN was
+    composed into one affine map (empty when none was).
     """
 
     model: str
@@ -329,6 +330,7 @@ class FoldReport:
     macs_after: int | None
     input_shape: tuple[int, ...] | None
     kept: tuple[tuple[str, str], ...] = ()
+    collapsed: str = ""
 
     def to_frame(self) -> pd.DataFrame:
         """Tidy: one row per (measure, stage)."""
@@ -573,31 +575,73 @@ class _FoldedConvLayer(nn.Module):
         return a_new, r_new
 
 
+class _AffineTail(nn.Module):
+    """The all-linear end of a folded CNN as one affine map: ``logits = A_N vec(a) + A_L vec(r) + c``.
+
+    ``a`` and ``r`` are the trunk and linear-stream outputs of the last kept layer (or the input,
+    ``a = x``, when every layer is linear); ``vec`` flattens channels and positions.
+    """
+
+    def __init__(self, from_trunk: torch.Tensor | None, from_linear: torch.Tensor | None,
+                 bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.from_trunk = self._linear(from_trunk)
+        self.from_linear = self._linear(from_linear)
+        self.bias = nn.Parameter(bias.clone()) if bias is not None else None
+
+    @staticmethod
+    def _linear(w: torch.Tensor | None) -> nn.Linear | None:
+        if w is None or not w.numel():
+            return None
+        lin = nn.Linear(w.shape[1], w.shape[0], bias=False).to(device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            lin.weight.copy_(w)
+        return lin
+
+    def forward(self, a: torch.Tensor | None, r: torch.Tensor | None) -> torch.Tensor:
+        out = None
+        for lin, h in ((self.from_trunk, a), (self.from_linear, r)):
+            if lin is None or h is None:
+                continue
+            t = lin(h.flatten(1))
+            out = t if out is None else out + t
+        if self.bias is not None:
+            out = self.bias.expand(a.shape[0] if a is not None else r.shape[0], -1) if out is None else out + self.bias
+        return out
+
+
 class FoldedCNN(nn.Module):
     """A masked CNN whose linear channels run in a separate linear stream (built by :func:`fold`).
 
     Layer ``l`` maps (trunk ``a``, linear stream ``r``) to ``a' = sigma(conv_NN a + conv_NL r + b_N)``
     and ``r' = conv_LN a + conv_LL r + b_L``; the head reads ``GAP(a)`` and ``GAP(r)``. Only the
-    non-linear channels pass through activations.
+    non-linear channels pass through activations. With a ``tail`` (an all-linear end composed
+    into one affine map, see :func:`fold`), ``layers`` stop before it and the tail replaces the
+    remaining layers, the pooling and the head.
     """
 
     def __init__(self, dim: int, layers: list[_FoldedConvLayer], head_trunk: nn.Linear | None,
-                 head_linear: nn.Linear | None, head_bias: torch.Tensor | None, report: FoldReport | None) -> None:
+                 head_linear: nn.Linear | None, head_bias: torch.Tensor | None, report: FoldReport | None,
+                 tail: _AffineTail | None = None) -> None:
         super().__init__()
         self.dim = dim
         self.layers = nn.ModuleList(layers)
-        self.head_trunk = head_trunk
-        self.head_linear = head_linear
-        self.head_bias = nn.Parameter(head_bias.clone()) if head_bias is not None else None
+        self.head_trunk = head_trunk if tail is None else None
+        self.head_linear = head_linear if tail is None else None
+        self.head_bias = nn.Parameter(head_bias.clone()) if head_bias is not None and tail is None else None
+        self.tail = tail
         self.report = report
         self.config = {"model": "FoldedCNN", "dim": dim,
                        "trunk_channels": [layer.n_trunk for layer in layers],
-                       "linear_channels": [layer.n_linear for layer in layers]}
+                       "linear_channels": [layer.n_linear for layer in layers],
+                       "affine_tail_after": len(layers) if tail is not None else None}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, r = _add_channel_axis(x, self.dim), None
         for layer in self.layers:
             a, r = layer(a, r)
+        if self.tail is not None:
+            return self.tail(a, r)
         out = None
         for head, h in ((self.head_trunk, a), (self.head_linear, r)):
             if head is None or h is None:
@@ -607,7 +651,7 @@ class FoldedCNN(nn.Module):
         return out + self.head_bias if self.head_bias is not None else out
 
 
-def _fold_cnn(model: CNN, input_shape: tuple[int, ...] | None) -> FoldedCNN:
+def _fold_cnn(model: CNN, input_shape: tuple[int, ...] | None, collapse: bool = True) -> FoldedCNN:
     device = _device(model)
     layers = _layer_masks(model)
     in_trunk = torch.arange(model.config["in_channels"], device=device)
@@ -635,14 +679,112 @@ def _fold_cnn(model: CNN, input_shape: tuple[int, ...] | None) -> FoldedCNN:
     head_bias = model.head.bias.detach() if model.head.bias is not None else None
     folded = FoldedCNN(model.config["dim"], folded_layers, head_part(in_trunk), head_part(in_linear), head_bias,
                        None)
+    collapsed = ""
+    if input_shape is not None and collapse:
+        folded, collapsed = _collapse_linear_tail(folded, input_shape, model.config["bias"])
     macs_before = _count_macs(model, input_shape) if input_shape is not None else None
     macs_after = _count_macs(folded, input_shape) if input_shape is not None else None
-    folded.report = FoldReport("CNN", "linear_stream", n_units, n_linear, _count_parameters(model),
-                               _count_parameters(folded), macs_before, macs_after, input_shape)
+    method = "linear_stream" + ("+affine_tail" if collapsed else "")
+    folded.report = FoldReport("CNN", method, n_units, n_linear, _count_parameters(model),
+                               _count_parameters(folded), macs_before, macs_after, input_shape, (), collapsed)
     return folded
 
 
-def fold(model: nn.Module, input_shape: Sequence[int] | None = None) -> FoldedMLP | FoldedCNN:
+@torch.no_grad()
+def _module_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[int, int]:
+    """Multiply-adds of one sample per ``nn.Linear`` / convolution, keyed by ``id(module)``."""
+    out: dict[int, int] = {}
+    handles = []
+
+    def hook(module, inputs, output):
+        if isinstance(module, nn.Linear):
+            n = module.in_features * module.out_features * (output.numel() // output.shape[-1]) // output.shape[0]
+        else:
+            n = (module.in_channels // module.groups) * math.prod(module.kernel_size) * output[0].numel()
+        out[id(module)] = out.get(id(module), 0) + int(n)
+
+    try:
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+                handles.append(m.register_forward_hook(hook))
+        p = next(model.parameters())
+        model(torch.zeros(1, *input_shape, dtype=p.dtype, device=p.device))
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+def _collapse_linear_tail(folded: FoldedCNN, input_shape: tuple[int, ...],
+                          has_bias: bool) -> tuple[FoldedCNN, str]:
+    """Compose the all-linear end of a folded CNN into one affine map when that takes fewer multiply-adds.
+
+    After the last layer with a non-linear channel every layer, the global average pooling and
+    the head are affine, so the logits are an affine function of that layer's outputs (of the
+    input itself when no channel is non-linear). Every cut ``k`` from that layer to the last is
+    priced (the layers kept up to ``k`` plus ``(channels x positions of layer k) x classes`` for
+    the map); the cheapest wins, and no cut is made when none is cheaper than the folded network.
+    The map is read off the tail in float64: ``c = g(0)``, column ``i`` of ``A`` is ``g(e_i) - c``.
+    """
+    layers = list(folded.layers)
+    n = len(layers)
+    last_nonlinear = max((i + 1 for i, layer in enumerate(layers) if layer.n_trunk), default=0)
+    ref = next(folded.parameters())
+    x0 = _add_channel_axis(torch.zeros(1, *input_shape, dtype=ref.dtype, device=ref.device), folded.dim)
+    shapes = [(tuple(x0.shape[1:]), None)]
+    a, r = x0, None
+    with torch.no_grad():
+        for layer in layers:
+            a, r = layer(a, r)
+            shapes.append((tuple(a.shape[1:]) if a is not None else None, tuple(r.shape[1:]) if r is not None else None))
+    per_module = _module_macs(folded, input_shape)
+    layer_macs = [sum(per_module.get(id(m), 0) for m in layer.modules()) for layer in layers]
+    total = sum(per_module.values())
+    classes = (folded.head_trunk or folded.head_linear).out_features
+    best_k, best = None, total
+    for k in range(last_nonlinear, n + 1):
+        dims = sum(math.prod(s) for s in shapes[k] if s is not None)
+        cost = sum(layer_macs[:k]) + dims * classes
+        if cost < best:
+            best_k, best = k, cost
+    if best_k is None:
+        return folded, ""
+    f64 = torch.float64
+    tail_layers = [copy.deepcopy(layer).to(f64) for layer in layers[best_k:]]
+    heads = [(copy.deepcopy(h).to(f64) if h is not None else None) for h in (folded.head_trunk, folded.head_linear)]
+    head_bias = folded.head_bias.detach().to(f64) if folded.head_bias is not None else None
+
+    def g(a: torch.Tensor | None, r: torch.Tensor | None) -> torch.Tensor:
+        for layer in tail_layers:
+            a, r = layer(a, r)
+        out = torch.zeros(a.shape[0] if a is not None else r.shape[0], classes, dtype=f64, device=ref.device)
+        for head, h in zip(heads, (a, r)):
+            if head is not None and h is not None:
+                out = out + head(h.flatten(2).mean(dim=2))
+        return out + head_bias if head_bias is not None else out
+
+    shape_a, shape_r = shapes[best_k]
+    d_a = math.prod(shape_a) if shape_a is not None else 0
+    d_r = math.prod(shape_r) if shape_r is not None else 0
+    with torch.no_grad():
+        def zeros(m, shape):
+            return torch.zeros(m, *shape, dtype=f64, device=ref.device) if shape is not None else None
+        c = g(zeros(1, shape_a), zeros(1, shape_r))[0]
+        eye = torch.eye(d_a + d_r, dtype=f64, device=ref.device)
+        a_basis = eye[:, :d_a].reshape(d_a + d_r, *shape_a) if shape_a is not None else None
+        r_basis = eye[:, d_a:].reshape(d_a + d_r, *shape_r) if shape_r is not None else None
+        cols = g(a_basis, r_basis) - c  # (d_a + d_r, classes)
+    w_a = cols[:d_a].T.to(ref.dtype) if d_a else None
+    w_r = cols[d_a:].T.to(ref.dtype) if d_r else None
+    tail = _AffineTail(w_a, w_r, c.to(ref.dtype) if has_bias else None)
+    out = FoldedCNN(folded.dim, layers[:best_k], None, None, None, None, tail=tail)
+    source = f"the outputs of layer {best_k}" if best_k else "the input"
+    why = (f"layers {best_k + 1}-{n}, " if best_k < n else "") + "the pooling and the head"
+    return out, f"{why} composed into one affine map from {source} ({d_a + d_r} x {classes})"
+
+
+def fold(model: nn.Module, input_shape: Sequence[int] | None = None, *,
+         collapse: bool = True) -> FoldedMLP | FoldedCNN:
     """An equivalent network in which every linear unit has left the non-linear trunk.
 
     He et al. 2022 (arXiv 2203.11700) observe that linear features need no further
@@ -663,7 +805,11 @@ def fold(model: nn.Module, input_shape: Sequence[int] | None = None) -> FoldedML
     For a masked ``CNN`` the convolutions are not composed (with zero padding at every layer a
     composed, larger kernel differs from the original at the borders); instead the linear
     channels run in an exact linear stream beside the non-linear trunk
-    (:class:`FoldedCNN`): only non-linear channels pass through activations.
+    (:class:`FoldedCNN`): only non-linear channels pass through activations. Past the last
+    layer with a non-linear channel the rest of the network (linear layers, pooling, head) is one
+    affine map of that layer's outputs (of the input when every channel is linear); with
+    ``input_shape`` given and ``collapse=True`` it is composed into one ``Linear`` (read off in
+    float64) wherever that takes fewer multiply-adds (``report.collapsed`` says where).
 
     Any other masked model (a ``ResNet``, a user's model masked by :func:`apply_masks`) is
     folded on its traced graph, mask by mask (:mod:`sepmeasure.models.folding`): an all-linear
@@ -680,6 +826,9 @@ def fold(model: nn.Module, input_shape: Sequence[int] | None = None) -> FoldedML
         Shape of one input sample, for counting multiply-adds (default for an MLP:
         ``(in_features,)``; for a CNN, MACs are reported only when it is given), e.g.
         ``(1, 40)`` for a 1-D CNN.
+    collapse : bool, default True
+        CNN only: compose the all-linear end into one affine map when that saves multiply-adds
+        (needs ``input_shape``); ``False`` keeps every convolution in the linear stream.
 
     Returns
     -------
@@ -714,8 +863,10 @@ def fold(model: nn.Module, input_shape: Sequence[int] | None = None) -> FoldedML
         input_shape = tuple(check_int(s, f"input_shape[{i}]", minimum=1) for i, s in enumerate(input_shape))
     if isinstance(model, MLP):
         return _fold_mlp(model, input_shape)
+    if not isinstance(collapse, bool):
+        raise TypeError(f"collapse: expected a bool, got {describe(collapse)}")
     if isinstance(model, CNN):
-        return _fold_cnn(model, input_shape)
+        return _fold_cnn(model, input_shape, collapse)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a masked model (see apply_masks), got {describe(model)}")
     if not _masks(model):
