@@ -240,7 +240,8 @@ def test_fold_collapses_an_all_linear_cnn_to_one_affine_map(dim, stride, padding
     torch.testing.assert_close(folded(x), net(x), rtol=1e-12, atol=1e-12)
     # the map is the network's Jacobian (autograd, independent of the basis read-off) and its value at 0
     d = 2 * 9 ** dim
-    jac = torch.autograd.functional.jacobian(lambda v: net(v.reshape(1, *shape))[0], torch.zeros(d, dtype=torch.float64))
+    jac = torch.autograd.functional.jacobian(lambda v: net(v.reshape(1, *shape))[0],
+                                             torch.zeros(d, dtype=torch.float64))
     torch.testing.assert_close(folded.tail.from_trunk.weight, jac, rtol=1e-12, atol=1e-12)
     if bias:
         torch.testing.assert_close(folded.tail.bias, net(torch.zeros(1, *shape, dtype=torch.float64))[0])

@@ -736,7 +736,7 @@ def _collapse_linear_tail(folded: FoldedCNN, input_shape: tuple[int, ...],
     with torch.no_grad():
         for layer in layers:
             a, r = layer(a, r)
-            shapes.append((tuple(a.shape[1:]) if a is not None else None, tuple(r.shape[1:]) if r is not None else None))
+            shapes.append(tuple(tuple(h.shape[1:]) if h is not None else None for h in (a, r)))
     per_module = _module_macs(folded, input_shape)
     layer_macs = [sum(per_module.get(id(m), 0) for m in layer.modules()) for layer in layers]
     total = sum(per_module.values())
