@@ -123,7 +123,9 @@ def _registry() -> ClaimRegistry:
         not_supported_if=("Not supported if plain magnitude pruning to the same multiply-adds had been more than "
                           "1 point more accurate than the masks"),
         caveat=_CAVEAT + (" The pruned network is trained as many epochs as the masked one, its last quarter "
-                          "with the pruning mask fixed (Adam restarted there, for the unmasked network too)."))
+                          "with the pruning mask fixed (Adam restarted there, for the unmasked network too). Where "
+                          "folding saves nothing, the budget prunes nothing and the baseline is the unmasked network "
+                          "itself."))
     saves = Threshold(
         name="pruning-saves-compute", paper=PAPER, table="comparison", where=masks, by="arch",
         statement=("\u201ca readily feasible pruning strategy\u201d (abstract). Tested reading: folding the "
