@@ -33,7 +33,6 @@ Run alone with ``python studies/s5_masks.py --quick`` or through ``sepmeasure st
 from __future__ import annotations
 
 import copy
-import math
 
 import numpy as np
 import pandas as pd
