@@ -16,6 +16,10 @@ Schema
     :class:`TableEntry`); ``provenance`` (list of ``(label, text)``).
 :class:`ClaimEntry` (one claim's overall row of ``tables/claims``)
     ``name``, ``paper``, ``statement``, ``measured``, ``verdict``, ``reason``, ``rule`` (str);
+    ``control`` (what the effect is measured against, or why there is none), ``baseline`` (the
+    control's value as text, "" when there is none), ``not_supported_if`` (the result that would
+    have made the claim "not supported"), ``split`` (the per-group verdicts, e.g. "1 of 3 groups
+    supported, 2 not supported"; "" for a claim without groups);
     ``result`` (the effect, its spread over seeds and interval, as text); ``details`` (dict of
     name to number, parsed once from the claims table's JSON ``details`` column); ``caveat``
     (str, shown only when the verdict is not ``supported``, else ""); ``groups``
@@ -51,6 +55,8 @@ from functools import lru_cache
 from typing import Any
 
 import pandas as pd
+
+from .claims.verdicts import COMBINATION_RULE
 
 __all__ = ["TableView", "ClaimEntry", "FigureEntry", "TableEntry", "StudyPage", "IndexStudy", "ReferenceNote",
            "IndexPage", "study_page", "index_study", "index_page", "render", "format_number", "compare_verdict",
@@ -89,6 +95,10 @@ class ClaimEntry:
     rule: str
     caveat: str
     groups: TableView | None
+    control: str = ""
+    baseline: str = ""
+    not_supported_if: str = ""
+    split: str = ""
 
     @property
     def details_text(self) -> str:
@@ -259,7 +269,21 @@ def _claim(row: Mapping[str, Any], claims: pd.DataFrame) -> ClaimEntry:
         measured=str(row["measured"]), result=_effect_text(row), details=_details(row.get("details")),
         verdict=str(row["verdict"]), reason=str(row["reason"]), rule=str(row["rule"]),
         caveat=caveat if row["verdict"] != "supported" and isinstance(caveat, str) and caveat else "",
-        groups=_groups(claims, row["claim"]))
+        groups=_groups(claims, row["claim"]), control=_text(row.get("control")),
+        baseline=format_number(row["baseline"]) if _is_number(row.get("baseline")) else "",
+        not_supported_if=_text(row.get("not_supported_if")), split=_text(row.get("split")))
+
+
+def _text(v: Any) -> str:
+    """A text cell of the claims table; "" for a missing one (NaN after a CSV round trip)."""
+    return v if isinstance(v, str) else ""
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        return not math.isnan(float(v))
+    except (TypeError, ValueError):
+        return False
 
 
 def _provenance(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -398,6 +422,7 @@ def _environment():
                              undefined=jinja2.StrictUndefined)
     env.filters["md"] = _md_escape
     env.globals["verdict_class"] = lambda v: VERDICT_CLASS.get(str(v), "unknown")
+    env.globals["combination_rule"] = COMBINATION_RULE
     return env
 
 

@@ -41,6 +41,45 @@ def test_html_is_escaped_and_markdown_cells_keep_their_pipes():
         assert "tables/results.parquet" in text
 
 
+def test_a_claim_shows_its_control_its_value_the_split_and_how_it_could_have_failed():
+    claim = ClaimEntry(name="c1", paper="P", statement="s", measured="m", result="0.5", details={},
+                       verdict="partly supported", reason="r", rule="a rule", caveat="", groups=None,
+                       control="the untrained network <same shape>", baseline="0.123",
+                       not_supported_if="the trained network is no more separable than the untrained one",
+                       split="2 of 3 groups supported, 1 not supported")
+    page = StudyPage(title="T", paper="P", description="", summary=TableView(["claim"], [["c1"]]),
+                     claims=[claim], figures=[], tables=[], provenance=[])
+    md, out = render(page, "markdown"), render(page, "html")
+    assert "- **Control:** the untrained network <same shape> (its value: 0.123)" in md
+    assert "**partly supported** — r (2 of 3 groups supported, 1 not supported)" in md
+    assert "- **How it could have failed:** the trained network is no more separable" in md
+    assert "<dt>Control</dt><dd>the untrained network &lt;same shape&gt; (its value: 0.123)</dd>" in out
+    assert "<dt>How it could have failed</dt>" in out and "(2 of 3 groups supported, 1 not supported)" in out
+    for text in (md, out):
+        assert "groups combine by majority" in text  # the combination rule is written on every study page
+    bare = StudyPage(title="T", paper="P", description="", summary=TableView(["claim"], [["c1"]]),
+                     claims=[ClaimEntry(name="c1", paper="P", statement="s", measured="m", result="0.5",
+                                        details={}, verdict="supported", reason="r", rule="a rule", caveat="",
+                                        groups=None)], figures=[], tables=[], provenance=[])
+    assert "Control" not in render(bare, "markdown") and "could have failed" not in render(bare, "html")
+
+
+def test_study_page_reads_control_baseline_and_split_from_the_claims_table():
+    row = {"claim": "c1", "group": "all", "kind": "Comparison", "paper": "P", "statement": "s", "measured": "m",
+           "control": "shuffled labels", "baseline": 0.25, "effect": 0.5, "lower": 0.4, "upper": 0.6,
+           "spread": 0.05, "confidence": 0.95, "n_seeds": 3, "verdict": "supported", "split": float("nan"),
+           "reason": "r", "rule": "rule", "not_supported_if": "no gain over shuffled labels", "caveat": "",
+           "per_seed": "[]", "details": "{}"}
+    absent = {**row, "claim": "c2", "control": "no control: an exact identity", "baseline": float("nan"),
+              "not_supported_if": float("nan")}
+    meta = {"title": "T", "paper": "P", "description": "", "environment": {}}
+    page = study_page(meta, {"claims": pd.DataFrame([row, absent])}, {"claims": ["claims.csv"]}, [])
+    first, second = page.claims
+    assert (first.control, first.baseline, first.not_supported_if, first.split) == (
+        "shuffled labels", "0.25", "no gain over shuffled labels", "")
+    assert (second.control, second.baseline, second.not_supported_if) == ("no control: an exact identity", "", "")
+
+
 def test_index_with_a_reference_note():
     study = IndexStudy(title="S", folder="s1", paper="P", verdicts="1 supported", mode="quick", seeds="[0]",
                        timing="1 s", has_markdown=True, has_html=False,
