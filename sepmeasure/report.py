@@ -388,6 +388,9 @@ def write_study_report(study_dir: str | os.PathLike, *, index: bool = True) -> d
     ValueError
         The ``study.json`` of ``study_dir`` (or, with ``index``, of another study in its parent
         folder) is not valid JSON.
+    sepmeasure.study.StudyFolderError
+        (a ``ValueError``) ``study_dir`` does not hold one run: a table edited, damaged, missing
+        or written by another run than its ``study.json`` (:func:`sepmeasure.study.verify_study_folder`).
 
     Warns
     -----
@@ -409,8 +412,11 @@ def write_study_report(study_dir: str | os.PathLike, *, index: bool = True) -> d
     >>> sorted(write_study_report(out))
     ['figures', 'html', 'markdown']
     """
+    from .study import verify_study_folder
+
     study_dir = _as_path(study_dir, "study_dir")
-    meta = _read_meta(study_dir)
+    _read_meta(study_dir)
+    meta = verify_study_folder(study_dir)  # one run: every listed table is the one its study.json recorded
     tables_dir = study_dir / "tables"
     tables: dict[str, pd.DataFrame] = {}
     files: dict[str, list[Path]] = {}

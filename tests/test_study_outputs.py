@@ -195,6 +195,22 @@ def test_a_table_edited_after_the_run_is_refused_by_report(tmp_path, capsys):
     assert err.startswith("error: ") and "mean.csv" in err, err
 
 
+def test_write_study_report_refuses_a_table_edited_after_the_run(tmp_path):
+    from sepmeasure.report import write_study_report
+    from sepmeasure.study import StudyFolderError
+
+    out = tmp_path / "out"
+    _mixing_study().run(out=out, progress=False)
+    pages = write_study_report(out / "mix")
+    assert pages["markdown"].is_file()
+    table = out / "mix" / "tables" / "mean.csv"
+    table.write_text(table.read_text().replace("2.0", "7.0"))
+    before = pages["markdown"].read_text()
+    with pytest.raises(StudyFolderError, match="mean.csv"):
+        write_study_report(out / "mix")
+    assert pages["markdown"].read_text() == before  # the refused run rewrote nothing
+
+
 # --------------------------------------------------------------------------------------------
 # issue 19, item 9: damaged output gives an error line, not a traceback
 
