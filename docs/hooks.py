@@ -15,7 +15,7 @@ GROUPS = {
     "studies": ("Studies, claims and reports", ("sepmeasure.study", "sepmeasure.claims", "sepmeasure.report")),
 }
 # names without a __module__ (constants) and where they belong
-CONSTANTS = {"DATASETS": "data", "ACTIVATIONS": "models"}
+CONSTANTS = {"DATASETS": "data", "ACTIVATIONS": "models", "COMBINATION_RULE": "studies"}
 SKIP = {"__version__"}
 
 

@@ -9,7 +9,8 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
 
-from .claims import Claim, ClaimResult, ClosedForm, CoMovement, Comparison, MonotoneTrend, Threshold, claims_frame
+from .claims import (COMBINATION_RULE, Claim, ClaimRegistry, ClaimResult, ClosedForm, CoMovement, Comparison, Control,
+                     MonotoneTrend, Threshold, claims_frame)
 from .capture import ActivationRecorder, Activations, record, select_layers
 from .data import DATASETS, LabeledData, Split, as_dataset, load_dataset, load_npz
 from .kernels import (GateOverlap, KernelDiagnostics, KernelSpectrum, effective_rank, empirical_ntk, gate_overlap,
@@ -54,5 +55,6 @@ __all__ = [
     "AveragePathLength", "PathLengthDistribution",
     # studies, claims, reports
     "Study", "StudyResult", "expand_grid", "make_executor", "Claim", "MonotoneTrend", "Comparison", "CoMovement",
-    "ClosedForm", "Threshold", "ClaimResult", "claims_frame", "FigureSpec", "write_report", "write_study_report",
+    "ClosedForm", "Threshold", "Control", "ClaimRegistry", "COMBINATION_RULE", "ClaimResult", "claims_frame",
+    "FigureSpec", "write_report", "write_study_report",
 ]

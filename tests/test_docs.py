@@ -36,6 +36,15 @@ def test_the_study_and_claim_guide_runs_as_written(tmp_path, monkeypatch, capsys
     assert all(c.verdict in ("supported", "partly supported", "not supported", "inconclusive") for c in result.claims)
     printed = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in printed] == ["learns", "wider-helps"]
+    learns = result.claims[0]
+    assert learns.control.startswith("chance accuracy on two balanced classes") and learns.baseline == 0.5
+    assert namespace["registry"].claims == tuple(namespace["claims"])
+
+
+def test_the_guide_quotes_the_combination_rule_as_the_code_states_it():
+    text = (DOCS / "studies-and-claims.md").read_text()
+    quoted = " ".join(line.lstrip("> ").strip() for line in text.splitlines() if line.startswith(">"))
+    assert sepmeasure.COMBINATION_RULE in quoted
 
 
 def test_every_public_name_has_an_api_entry():
