@@ -218,3 +218,10 @@ def test_tiny_run_summary_and_claims(device):
         assert r.verdict in VERDICTS and r.control.startswith(claim.control.description)
     for spec in S7.figures:
         assert render_figure(spec, tables[spec.table])[:4] == b"\x89PNG"
+
+
+def test_within_layer_bad_input_and_one_seed_per_cell():
+    with pytest.raises(ValueError, match="x, y, cells: expected 1-D arrays of one length"):
+        MODULE.within_layer_correlation([1, 2, 3], [1, 2], [0, 0, 0])
+    r = MODULE.within_layer_correlation([1.0, 2.0, 3.0], [3.0, 1.0, 2.0], [0, 1, 2])  # no cell has 2 units
+    assert r["cells"] == 0 and np.isnan(r["rho"]) and np.isnan(r["p_value"])
