@@ -90,6 +90,16 @@ def _brute_kmeans_score(u: np.ndarray, k: int) -> float:
     return 1 - best / ((u - u.mean(axis=0)) ** 2).sum()
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_kmeans_inertia_is_the_exhaustive_optimum_on_fresh_small_sets(seed):
+    rng = np.random.default_rng(100 + seed)
+    n, k = int(rng.integers(5, 10)), int(rng.integers(2, 4))
+    u = rng.normal(size=(n, 3))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    exact = (1 - _brute_kmeans_score(u, k)) * ((u - u.mean(0)) ** 2).sum()
+    assert math.isclose(S4.kmeans_inertia(u, k, seed=seed), exact, rel_tol=1e-9, abs_tol=1e-12)
+
+
 def test_clustering_matches_brute_force():
     rng = np.random.default_rng(1)
     a, c = rng.normal(size=(7, 2)), rng.normal(size=7)
