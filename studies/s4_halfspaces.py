@@ -375,17 +375,13 @@ def hard_accuracy(model: DLGN, data: LabeledData) -> float:
 
 
 def nearest_neighbour_target(train_x: np.ndarray, train_y: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """1-NN label of the training data at each grid point, and the distance to the nearest training point."""
+    """1-NN label of the training data at each grid point, and the distance to the nearest training point
+    (scipy's :class:`~scipy.spatial.cKDTree`)."""
     check_labels(torch.as_tensor(train_y), "train_y", n=len(train_x))
-    best = np.full(len(grid), np.inf)
-    label = np.zeros(len(grid), dtype=int)
-    for start in range(0, len(train_x), 512):
-        d = ((grid[:, None, :] - train_x[None, start:start + 512, :]) ** 2).sum(axis=2)
-        j = d.argmin(axis=1)
-        dj = d[np.arange(len(grid)), j]
-        better = dj < best
-        best[better], label[better] = dj[better], train_y[start:start + 512][j[better]]
-    return label, np.sqrt(best)
+    from scipy.spatial import cKDTree
+
+    dist, j = cKDTree(np.asarray(train_x, dtype=float)).query(np.asarray(grid, dtype=float), k=1)
+    return np.asarray(train_y)[j].astype(int), dist
 
 
 def _boundary_points(a: np.ndarray, c: float, lo: np.ndarray, hi: np.ndarray, n: int = 25) -> np.ndarray:
