@@ -94,12 +94,34 @@ def _reproducing(root) -> tuple[str, list[tuple[str, bytes]]]:
         if claims_csv.is_file():
             claims = pd.read_csv(claims_csv)
             claims = claims[claims["group"] == "all"]
-            lines += ["| claim | statement | verdict |", "|---|---|---|"]
+            lines += ["| claim | statement | control (its value) | effect [interval] | verdict |",
+                      "|---|---|---|---|---|"]
             for _, row in claims.iterrows():
-                statement = str(row["statement"]).replace("|", "\\|").replace("\n", " ")
-                lines.append(f"| `{row['claim']}` | {statement} | **{row['verdict']}** |")
+                lines.append(f"| `{row['claim']}` | {_cell(row['statement'])} | {_control_cell(row)} | "
+                             f"{_effect_cell(row)} | **{row['verdict']}** |")
             lines.append("")
     return "\n".join(lines), copies
+
+
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _control_cell(row) -> str:
+    import math
+
+    control = row.get("control")
+    if not isinstance(control, str) or not control:
+        return ""
+    baseline = row.get("baseline")
+    value = f" ({baseline:.3g})" if isinstance(baseline, float) and math.isfinite(baseline) else ""
+    return _cell(control) + value
+
+
+def _effect_cell(row) -> str:
+    from sepmeasure.report_content import format_number
+
+    return f"{format_number(row['effect'])} [{format_number(row['lower'])}, {format_number(row['upper'])}]"
 
 
 def on_files(files, config):

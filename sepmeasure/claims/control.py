@@ -53,6 +53,8 @@ class Control:
     relative : {"difference", "ratio"}
         How the effect is taken relative to the control.
 
+    Notes
+    -----
     At most one of ``where``, ``column``, ``value``; none of them is an absent control.
 
     Examples
