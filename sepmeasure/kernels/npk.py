@@ -18,7 +18,8 @@ Two kinds of models are understood (the *gate protocol*):
 
 * a gated model implementing ``gates(x) -> list[Tensor]`` (one tensor per gated layer, shaped like
   that layer's value-network pre-activation, values in [0, 1]), ``value_forward(x, gates)`` and
-  ``value_parameter_names()`` (DGN, DLGN, DLGN-SF);
+  ``value_parameter_names()`` (DGN, DLGN with deep or shallow gating, DLGN with a constant value
+  input);
 * a plain network whose non-linearities are all ReLUs (``nn.ReLU`` modules or ``F.relu`` /
   ``torch.relu`` calls) and whose other operations are affine in eval mode (batch norm, average
   pooling, residual sums): the gates are ``1[input of the ReLU > 0]`` for every ReLU call of its
@@ -280,7 +281,8 @@ def neural_path_kernel(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | No
     is, biases included; the paths carry no bias (a bias would start a path at an inner unit,
     which the NPK does not count). For a gated model the gating network is used as it is and
     only the parameters in ``value_parameter_names()`` are set to one (zero for names ending in
-    ``bias``); with ``value_input="ones"`` (DLGN-SF) the value network ignores its input, so the
+    ``bias``); with ``value_input="ones"`` (the constant-value-input DLGN, not the
+    shallow-features DLGN-SF) the value network ignores its input, so the
     kernel uses ``1 ⊙ 1``.
 
     Parameters
