@@ -203,7 +203,7 @@ def test_auto_is_structured_or_jacobian(device, monkeypatch):
         monkeypatch.setitem(ntk_module._BUILDERS, method, ntk_module.Builder(builder.plan, recording,
                                                                               builder.batch_dependent_ok))
     got = empirical_ntk(model, x1, x2)
-    assert set(used) == {"structured"}
+    assert len(set(used)) == 1 and used[0] in ("structured", "jacobian")
     assert rel_err(got, empirical_ntk(model, x1, x2, method="jacobian")) <= 1e-10
 
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .ntk_problem import JACOBIAN, NTVP, Builder, NTKProblem, Plan
-from .ntk_structured import STRUCTURED
+from .ntk_structured import STRUCTURED, method_costs
 from .block_executors import check_executor, producer
 from .blocks import BlockGrid, TensorSink, fill_blocks, swap_block
 from .kernel_files import NpySink, fingerprint
@@ -243,13 +243,25 @@ _BUILDERS: dict[str, Builder] = {
 }
 
 
-def _resolve_method(method: str, problem: NTKProblem) -> str:
+def _resolve_method(method: str, problem: NTKProblem, output: str) -> tuple[str, Plan]:
+    """The method to use and its plan. ``"auto"`` plans ``"structured"`` and keeps it unless the
+    cost model (:func:`~sepmeasure.kernels.ntk_structured.method_costs`) finds ``"jacobian"``
+    cheaper for this model, output and size, or no layer is structured (then both compute the same
+    Jacobians)."""
     if method == "auto":
-        return "jacobian" if problem.batch_dependent else "structured"
+        if problem.batch_dependent:
+            return "jacobian", JACOBIAN.plan(problem, output)
+        plan = STRUCTURED.plan(problem, output)
+        if not plan.detail.sites and not plan.detail.broadcast:
+            return "jacobian", JACOBIAN.plan(problem, output)
+        costs = method_costs(problem, plan, output)
+        if costs["jacobian"] < costs["structured"]:
+            return "jacobian", JACOBIAN.plan(problem, output)
+        return "structured", plan
     if problem.batch_dependent and not _BUILDERS[method].batch_dependent_ok:
         raise ValueError(f"method: expected 'jacobian' or 'auto' for a kernel that depends on the batch "
                          f"(batch normalisation using batch statistics), got {method!r}")
-    return method
+    return method, _BUILDERS[method].plan(problem, output)
 
 
 def _auto_block_size(plan: Plan, n_rows: int, out_bytes_per_pair: float | None = None) -> int:
@@ -300,8 +312,10 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = 
         cotangent-Gram contraction, per-sample weight gradients from captured inputs and output
         cotangents, or (when the cotangents factor over outputs) a factored form. Any other
         parameter falls back, per layer, to the Jacobian of just that parameter; so does one that
-        autograd shows is used outside its layer (with a warning). ``"auto"``: ``"structured"``,
-        or ``"jacobian"`` when the kernel depends on the batch.
+        autograd shows is used outside its layer (with a warning). ``"auto"``: whichever of
+        ``"structured"`` and ``"jacobian"`` a cost model in multiply-adds and bytes finds cheaper
+        for this model, output and number of rows (``ntk_structured.method_costs``; both compute
+        the same kernel), and ``"jacobian"`` when the kernel depends on the batch.
     output : {"full", "trace"}, default "full"
         ``"full"``: ``Θ(x, x')_{kk'}``; ``"trace"``: ``Σ_k Θ(x, x')_{kk}``.
     params : str, list of str, callable, or None, default None
@@ -386,13 +400,11 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = 
     selected = select_parameters(model, params)
     x1, x2 = _check_inputs(model, x1, x2, selected)
     problem = _make_problem(model, x1, x2, selected, allow_batch_dependence)
-    method = _resolve_method(method, problem)
-    builder = _BUILDERS[method]
+    method, plan = _resolve_method(method, problem, output)
     if problem.batch_dependent and (block_size is not None or out is not None or executor not in (None, "local")):
         raise ValueError(f"block_size, out, executor: expected None for a kernel that depends on the batch (each "
                          f"of x1 and x2 is one batch), got block_size={block_size}, out={out!r}, "
                          f"executor={describe(executor) if executor is not None else None}")
-    plan = builder.plan(problem, output)
 
     n1 = x1.shape[0]
     symmetric = x2 is None

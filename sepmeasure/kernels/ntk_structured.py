@@ -42,7 +42,7 @@ from torch.nn import functional as F
 
 from .ntk_problem import Builder, NTKProblem, Plan, cached_rows, contract, per_sample_jacobians
 
-__all__ = ["FORMS", "STRUCTURED", "choose_form"]
+__all__ = ["FORMS", "STRUCTURED", "choose_form", "method_costs"]
 
 FORMS: tuple[str, ...] = ("gram", "outer", "factored")
 # Rows used to weigh per-row against per-pair costs when choosing a form.
@@ -431,6 +431,7 @@ class _Structured:
     broadcast: dict[str, torch.Tensor]          # parameters substituted by one copy per sample
     fallback: dict[str, torch.Tensor]           # parameters computed with the Jacobian
     costs: dict[str, dict[str, float]] = field(default_factory=dict)
+    forward_macs: float = 0.0                   # multiply-adds of the structured calls, per sample
 
 
 def _broadcast_candidates(problem: NTKProblem, covered: set[str]) -> dict[str, torch.Tensor]:
@@ -570,9 +571,11 @@ def _plan_structured(problem: NTKProblem, output: str) -> Plan:
     for i, c in enumerate(calls):
         if c.site.kind == "norm":
             row += k * 2 * c.inputs[0].numel()
+            detail.forward_macs += c.inputs[0].numel() / max(c.inputs[0].shape[0], 1)
             continue
         a, g, groups = _dense_arrays(c, tap_grads[i][:, :1], need_inputs=True)
         shapes[i] = CallShape(a.shape[1], a.shape[2] // groups, g.shape[3], groups)
+        detail.forward_macs += a.shape[1] * a.shape[2] * g.shape[3] / groups
         row += a.shape[1] * a.shape[2] + k * a.shape[1] * g.shape[3]
     weights = sorted({c.weight for c in calls if c.weight and c.site.kind != "norm"})
     uses = {w: tuple(i for i, c in enumerate(calls) if c.weight == w) for w in weights}
@@ -602,6 +605,38 @@ def _plan_structured(problem: NTKProblem, output: str) -> Plan:
                                       factor if form == "factored" else None))
     detail.outer_biases = {c.bias for c in calls if c.bias and c.site.kind != "norm"} - merged
     return Plan(size * row, size * 2 * pair, detail)
+
+
+def method_costs(problem: NTKProblem, plan: Plan, output: str) -> dict[str, float]:
+    """Estimated cost of one ``n × n`` block (``n = min(n_rows, 256)``) by ``"jacobian"`` and by
+    ``"structured"`` with this plan, in the units of :func:`choose_form`.
+
+    With ``F`` the forward multiply-adds per sample (the structured calls' plus one per activation
+    element), ``P`` the selected parameters and ``K`` the outputs:
+
+    * ``"jacobian"``: per-sample Jacobians, ``2·n·(F + 2·K·F)`` to build and ``_ELEMENT_COST·2·n·K·P``
+      to store, then ``n²·K²·P`` (``K`` for a trace) to contract;
+    * ``"structured"``: the cotangents at every tap, ``2·n·(F + K·F)``, the chosen form of every
+      dense weight, ``n²·K²·P_e`` for the elementwise and broadcast parameters, and for the
+      fallback parameters the Jacobian's terms with ``P`` their count.
+    """
+    detail: _Structured = plan.detail
+    k = problem.n_outputs
+    n = float(max(1, min(problem.n_rows, _NOMINAL_ROWS)))
+    kk = k * k if output == "full" else k
+    forward = detail.forward_macs + problem.activation_numel
+
+    def jacobian_terms(p: float) -> float:
+        return 2 * n * (forward + 2 * k * forward) + _ELEMENT_COST * 2 * n * k * p + n * n * kk * p
+
+    dense = {w.param for w in detail.weights} | detail.outer_biases | {w.bias for w in detail.weights if w.bias}
+    n_fallback = sum(p.numel() for p in detail.fallback.values())
+    n_other = sum(p.numel() for name, p in problem.params.items() if name not in dense and name not in detail.fallback)
+    structured = 2 * n * (forward + k * forward) + sum(detail.costs[w.param][w.form] for w in detail.weights)
+    structured += n * n * kk * n_other + _ELEMENT_COST * 2 * n * k * n_other
+    if n_fallback:
+        structured += jacobian_terms(n_fallback)
+    return {"jacobian": jacobian_terms(problem.n_params), "structured": structured}
 
 
 # ----------------------------------------------------------------------------

@@ -1,0 +1,172 @@
+"""``method="auto"``: the choice between "structured" and "jacobian" by the cost model
+(``ntk_structured.method_costs``), and that whatever it picks equals the "jacobian" reference on
+fresh random models and inputs (float64, ≤ 1e-10 relative; float32 ≤ 1e-5)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from sepmeasure.kernels import empirical_ntk
+from sepmeasure.kernels import ntk as ntk_module
+from sepmeasure.kernels.ntk_structured import STRUCTURED, method_costs
+from sepmeasure.models import CNN, MLP
+
+sys.path.insert(0, str(Path(__file__).parent))
+import zoo  # noqa: E402
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def rel_err(a, b):
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+def _randomise_bn(model):
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2)
+                m.weight.normal_()
+                m.bias.normal_()
+    return model.eval()
+
+
+class CNN2d(nn.Module):
+    """The CIFAR-shaped CNN of the benchmark at a tiny width: convs with strides 1/2/2, GAP, linear."""
+
+    def __init__(self, c=2, widths=(3, 4, 4), k=3):
+        super().__init__()
+        chans = (c, *widths)
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, stride=s, padding=1)
+                                   for a, b, s in zip(chans, chans[1:], (1, 2, 2)))
+        self.head = nn.Linear(chans[-1], k)
+
+    def forward(self, x):
+        for conv in self.convs:
+            x = torch.relu(conv(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class Strided1d(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv1d(2, 3, 3, stride=2, padding=1)
+        self.b = nn.Conv1d(3, 4, 2, stride=1, dilation=2)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.b(torch.tanh(self.a(x)))).mean(-1))
+
+
+MODELS = {
+    "mlp": (lambda: MLP(5, [7, 6], 3), (5,)),
+    "cnn1d": (lambda: CNN(1, [3, 4], 3), (10,)),
+    "cnn1d_strided": (Strided1d, (2, 11)),
+    "cnn2d_strided": (CNN2d, (2, 8, 8)),
+    "resnet_bn_eval": (lambda: _randomise_bn(zoo.resnet18(width=2, num_classes=3, in_channels=2)), (2, 8, 8)),
+    "vit_block": (lambda: zoo.vit(image_size=4, patch=2, dim=8, depth=1, heads=2, mlp_dim=12, num_classes=3,
+                                  in_channels=2), (2, 4, 4)),
+}
+
+
+def _chosen(monkeypatch):
+    """Record which builder computes the blocks."""
+    used = []
+    for method in ("jacobian", "structured"):
+        builder = ntk_module._BUILDERS[method]
+
+        def recording(*args, _block=builder.block, _name=method, **kwargs):
+            used.append(_name)
+            return _block(*args, **kwargs)
+
+        monkeypatch.setitem(ntk_module._BUILDERS, method, ntk_module.Builder(builder.plan, recording,
+                                                                              builder.batch_dependent_ok))
+    return used
+
+
+def _problem(model, x, output):
+    selected = ntk_module.select_parameters(model)
+    x1, _ = ntk_module._check_inputs(model, x, None, selected)
+    return ntk_module._make_problem(model, x1, None, selected, False)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("output", ["full", "trace"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_auto_equals_jacobian(name, output, seed):
+    torch.manual_seed(100 + seed)
+    factory, shape = MODELS[name]
+    model = factory().double().eval()
+    x1, x2 = torch.randn(4, *shape, dtype=torch.float64), torch.randn(3, *shape, dtype=torch.float64)
+    ref = empirical_ntk(model, x1, x2, method="jacobian", output=output)
+    assert rel_err(empirical_ntk(model, x1, x2, output=output), ref) <= TOL[torch.float64]
+    sym = empirical_ntk(model, x1, method="auto", output=output)
+    assert rel_err(sym, empirical_ntk(model, x1, method="jacobian", output=output)) <= TOL[torch.float64]
+
+
+@pytest.mark.parametrize("name", ["cnn2d_strided", "vit_block"])
+def test_auto_equals_jacobian_float32(name):
+    torch.manual_seed(7)
+    factory, shape = MODELS[name]
+    model = factory().eval()
+    x1, x2 = torch.randn(4, *shape), torch.randn(3, *shape)
+    ref = empirical_ntk(model.double(), x1.double(), x2.double(), method="jacobian")
+    got = empirical_ntk(model.float(), x1, x2)
+    assert rel_err(got.double(), ref) <= TOL[torch.float32]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_auto_takes_the_cheaper_method(name, monkeypatch):
+    torch.manual_seed(3)
+    factory, shape = MODELS[name]
+    model = factory().double().eval()
+    x = torch.randn(5, *shape, dtype=torch.float64)
+    costs = method_costs(_problem(model, x, "full"), STRUCTURED.plan(_problem(model, x, "full"), "full"), "full")
+    assert set(costs) == {"jacobian", "structured"} and all(c > 0 for c in costs.values())
+    used = _chosen(monkeypatch)
+    empirical_ntk(model, x)
+    assert set(used) == {min(costs, key=costs.get)}
+
+
+def test_cost_model_prefers_structured_for_a_wide_mlp_and_jacobian_without_structure(monkeypatch):
+    """A wide MLP: structured far cheaper (P large, n²K²P contraction avoided). A model whose only
+    parameter is used by a raw tensor op has no structured layer: "auto" runs the Jacobian."""
+    torch.manual_seed(0)
+    model = MLP(20, [256, 256], 10).double().eval()
+    x = torch.randn(64, 20, dtype=torch.float64)
+    p = _problem(model, x, "full")
+    costs = method_costs(p, STRUCTURED.plan(p, "full"), "full")
+    assert costs["structured"] < costs["jacobian"] / 10
+
+    class Raw(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 3, dtype=torch.float64))
+
+        def forward(self, x):
+            return torch.tanh(x @ self.w)
+
+    raw = Raw()
+    xr = torch.randn(5, 4, dtype=torch.float64)
+    used = _chosen(monkeypatch)
+    got = empirical_ntk(raw, xr)
+    assert set(used) == {"jacobian"}
+    assert rel_err(got, empirical_ntk(raw, xr, method="structured")) <= 1e-12
+
+
+def test_cost_counts_grow_with_rows():
+    """The per-pair terms make both costs grow faster than linearly in the number of rows."""
+    torch.manual_seed(0)
+    model = CNN2d().double().eval()
+    small, large = (torch.randn(n, 2, 8, 8, dtype=torch.float64) for n in (4, 64))
+    c_small = method_costs(_problem(model, small, "full"), STRUCTURED.plan(_problem(model, small, "full"), "full"),
+                           "full")
+    c_large = method_costs(_problem(model, large, "full"), STRUCTURED.plan(_problem(model, large, "full"), "full"),
+                           "full")
+    for m in c_small:
+        assert c_large[m] > 16 * c_small[m]
