@@ -195,8 +195,10 @@ class GatedResNet(nn.Module):
 
     Value network: ``h = (V_0 x) * G_0``; block ``b``: ``u = h``, for each layer ``u = (V u) * G``;
     ``h = h + u`` when the block is active, else ``h`` passes by the skip alone; output
-    ``head(h)``. ``active`` (one bool per block, default all) selects a sub-network of the value
-    network; the gates are always those of the whole network.
+    ``head(h)``. ``active`` (one bool per block, default all) drops blocks from the value network
+    (their skips stay, so it is the residual network of the remaining blocks, whose NPK sums the chains
+    inside it); the gates are always those of the whole network. The chain sub-networks of the
+    paper's sum are :func:`subnetwork_npks`.
 
     Examples
     --------
