@@ -9,7 +9,15 @@ Ratios are ``time(jacobian) / time(method)`` measured on the same inputs in this
 the best of up to three runs after a warm-up; one run when it takes over 10 s); agreement is the
 relative Frobenius error against the jacobian kernel.
 
-Run: ``python benchmarks/ntk.py`` (``--quick`` for 64 rows instead of 256 and a 512-row trace).
+* against neural-tangents (``--peers``): the CIFAR-shaped CNN (3 convs 3→32→64→64, strides 1/2/2,
+  global average pool, linear to 10) and the MLP, full kernels on the same weights and inputs
+  (float32), sepmeasure's ``method="auto"`` against neural-tangents' three implementations, run in
+  the peers' own environment ``.venv-peers`` (``benchmarks/peers``) as a subprocess reading the same
+  ``.npz``; it checks its kernel equals ours (float64 reference) before timing. Without that
+  environment only our columns are printed.
+
+Run: ``python benchmarks/ntk.py`` (``--quick`` for 64 rows instead of 256 and a 512-row trace;
+``--peers-only`` for the neural-tangents comparison alone, ``--peers-n 32 64`` its sizes).
 """
 from __future__ import annotations
 
@@ -21,8 +29,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
+from torch import nn
 
 from sepmeasure.data import load_dataset
 from sepmeasure.kernels import empirical_ntk
@@ -113,13 +124,120 @@ def trace_run(path: str) -> dict:
             "min_eigenvalue": eig_min, "max_eigenvalue": float(k.diagonal().max())}
 
 
+PEERS_PYTHON = Path(__file__).resolve().parent.parent / ".venv-peers" / "bin" / "python"
+PEERS_SCRIPT = Path(__file__).resolve().parent / "peers" / "nt_ntk.py"
+
+
+class GlobalAvgPool(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=tuple(range(2, x.ndim)))
+
+
+def cifar_cnn(widths=(32, 64, 64), strides=(1, 2, 2), in_channels: int = 3, classes: int = 10) -> nn.Sequential:
+    """The issue's CIFAR-shaped CNN: 3×3 convs (padding 1) with ReLU, global average pool, linear."""
+    layers: list[nn.Module] = []
+    chans = (in_channels, *widths)
+    for a, b, s in zip(chans, chans[1:], strides):
+        layers += [nn.Conv2d(a, b, 3, stride=s, padding=1), nn.ReLU()]
+    return nn.Sequential(*layers, GlobalAvgPool(), nn.Linear(chans[-1], classes))
+
+
+def export_layers(model: nn.Sequential) -> list[dict]:
+    """The layer list ``benchmarks/peers/nt_ntk.py`` rebuilds in JAX (weights under torch names)."""
+    spec = []
+    for name, m in model.named_children():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            spec.append({"type": "conv", "weight": f"{name}.weight", "bias": f"{name}.bias" if m.bias is not None
+                         else None, "stride": list(m.stride), "padding": list(m.padding),
+                         "dilation": list(m.dilation), "groups": m.groups})
+        elif isinstance(m, nn.Linear):
+            spec.append({"type": "linear", "weight": f"{name}.weight",
+                         "bias": f"{name}.bias" if m.bias is not None else None})
+        elif isinstance(m, (nn.ReLU, nn.Tanh, nn.Flatten, GlobalAvgPool)):
+            spec.append({"type": {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Flatten: "flatten",
+                                  GlobalAvgPool: "gap"}[type(m)]})
+        else:
+            raise ValueError(f"model: expected Conv, Linear, ReLU, Tanh, Flatten or GlobalAvgPool children, "
+                             f"got {type(m).__name__} at {name!r}")
+    return spec
+
+
+def _best_of(fn, repeats: int) -> tuple[float, torch.Tensor]:
+    fn()                                            # warm-up
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def peers(sizes: list[int], quick: bool, repeats: int = 2) -> dict:
+    """sepmeasure against neural-tangents on the same weights and inputs; returns the rows printed."""
+    seed_everything(0)
+    cases = {}
+    cnn = cifar_cnn().eval()
+    mlp = nn.Sequential(nn.Linear(40, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 512),
+                        nn.ReLU(), nn.Linear(512, 10)).eval()
+    for n in sizes:
+        cases[f"cnn_{n}"] = (cnn, torch.randn(n, 3, 32, 32))
+    cases[f"mlp_{sizes[-1]}"] = (mlp, inputs(sizes[-1]))
+    ours: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for case, (model, x) in cases.items():
+            ref64 = empirical_ntk(model.double(), x.double(), method="jacobian", block_size=64, progress=False)
+            model.float()
+            row = {}
+            for method in ("auto", "structured", "jacobian"):
+                t, k = _best_of(lambda: empirical_ntk(model, x, method=method, progress=False), repeats)
+                row[method] = t
+                row[f"{method}_rel_error"] = float((k.double() - ref64).norm() / ref64.norm())
+            ours[case] = row
+            weights = {n: p.detach().numpy() for n, p in model.named_parameters()}
+            np.savez(Path(tmp) / f"{case}.npz", x=x.numpy(), kernel=ref64.numpy(), **weights)
+            (Path(tmp) / f"{case}.json").write_text(json.dumps({"layers": export_layers(model)}))
+        theirs = None
+        if PEERS_PYTHON.exists():
+            out_json = Path(tmp) / "peers.json"
+            proc = subprocess.run([str(PEERS_PYTHON), str(PEERS_SCRIPT), tmp, "--out", str(out_json),
+                                   "--repeats", str(repeats)], capture_output=True, text=True,
+                                  env={**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")})
+            if proc.returncode != 0:
+                print(f"  neural-tangents run failed:\n{proc.stderr[-3000:]}")
+            else:
+                theirs = json.loads(out_json.read_text())
+        else:
+            print(f"  no peers' environment at {PEERS_PYTHON} (see benchmarks/peers/requirements.txt): our columns only")
+    if theirs:
+        print(f"  neural-tangents {theirs['versions']['neural-tangents']}, jax {theirs['versions']['jax']} "
+              f"on {theirs['devices']}")
+    for case, row in ours.items():
+        line = (f"  {case:>8}: auto {row['auto']:7.3f} s (err {row['auto_rel_error']:.1e}), structured "
+                f"{row['structured']:7.3f} s, jacobian {row['jacobian']:7.3f} s")
+        if theirs:
+            nt_row = theirs["cases"][case]
+            fastest = min(nt_row, key=lambda m: nt_row[m]["seconds"])
+            t_nt = nt_row[fastest]["seconds"]
+            line += f"; neural-tangents fastest ({fastest}) {t_nt:7.3f} s → sepmeasure auto {t_nt / row['auto']:.2f}×"
+            row["neural_tangents"] = nt_row
+        print(line)
+    return {"ours": ours, "peers": theirs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="64 rows and a 512-row trace kernel")
     parser.add_argument("--trace-only", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--peers-only", action="store_true", help="only the comparison with neural-tangents")
+    parser.add_argument("--peers-n", type=int, nargs="+", default=None, help="inputs of the CNN comparison")
     args = parser.parse_args()
     if args.trace_only is not None:
         print(json.dumps(trace_run(args.trace_only)))
+        return
+    sizes = args.peers_n or ([8] if args.quick else [32, 64])
+    if args.peers_only:
+        print(f"== against neural-tangents, full kernels, float32 (sizes {sizes})")
+        peers(sizes, args.quick)
         return
     n = 64 if args.quick else 256
     n_trace = 512 if args.quick else 2048
@@ -147,6 +265,8 @@ def main() -> None:
     ok_ntvp = mlp["structured"]["seconds"] < mlp["ntvp"]["seconds"]
     print(f"\ntargets on the MLP: structured ≥100× faster than jacobian: {'met' if ok_jac else 'NOT met'} "
           f"({mlp['structured']['speedup_vs_jacobian']:.0f}×); faster than ntvp: {'met' if ok_ntvp else 'NOT met'}")
+    print(f"\n== against neural-tangents, full kernels, float32 (sizes {sizes})")
+    peers(sizes, args.quick)
     print(f"peak RSS of this process (jacobian blocks of {REFERENCE_BLOCKS['jacobian']} rows): "
           f"{peak_rss_gib():.2f} GiB")
 
