@@ -350,11 +350,11 @@ def test_structured_forms_no_per_sample_jacobian_for_plain_layers(device, monkey
     monkeypatch.setattr(ntk_structured, "per_sample_jacobians", forbidden)
     for name in ("mlp_relu", "cnn2d", "shared_twice"):
         model, x1, x2 = make(name, torch.float64, device)
-        assert empirical_ntk(model, x1, output="trace").shape == (5, 5)
-        assert empirical_ntk(model, x1, x2).shape == (5, 3, 3, 3)
+        assert empirical_ntk(model, x1, output="trace", method="structured").shape == (5, 5)
+        assert empirical_ntk(model, x1, x2, method="structured").shape == (5, 3, 3, 3)
     model, x1, _ = make("mlp_prelu", torch.float64, device)
     with pytest.raises(AssertionError, match="per-sample Jacobian"):   # PReLU slopes do need one
-        empirical_ntk(model, x1)
+        empirical_ntk(model, x1, method="structured")
 
 
 def test_contraction_order_follows_cost():
