@@ -237,6 +237,47 @@ def test_fresh_random_models_and_inputs(seed, activation, widths, n1, n2, conv, 
         assert rel_err(empirical_ntk(model, x1, x2, method=method), ref) <= 1e-10
 
 
+def test_a_unit_dead_on_the_probe_rows_but_alive_later(device):
+    """The structured plan is probed on the first rows; a ReLU unit that is off on all of them
+    (so its factorisation over outputs is undetermined there) but on for later rows must still
+    give the exact kernel: that weight falls back to its exact gradient, counted once."""
+    torch.manual_seed(0)
+    model = MLP(3, [4, 4], 3).to(device=device, dtype=torch.float64)
+    with torch.no_grad():   # unit 0 of the last hidden layer fires only where x[:, 0] > 0
+        last = model.layers[1].linear
+        last.weight[0].zero_()
+        last.bias[0] = 0.0
+        model.layers[0].linear.weight[0] = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+        model.layers[0].linear.bias[0] = 0.0
+        last.weight[0, 0] = 1.0
+    x = torch.randn(40, 3, device=device, dtype=torch.float64)
+    x[:, 0] = x[:, 0].abs() * torch.where(torch.arange(40, device=device) < 16, -1.0, 1.0).to(x)
+    x2 = torch.randn(7, 3, device=device, dtype=torch.float64)
+    for output in ("full", "trace"):
+        ref = empirical_ntk(model, x, method="jacobian", output=output)
+        assert rel_err(empirical_ntk(model, x, method="structured", output=output), ref) <= 1e-10
+        ref2 = empirical_ntk(model, x, x2, method="jacobian", output=output)
+        assert rel_err(empirical_ntk(model, x, x2, method="structured", output=output), ref2) <= 1e-10
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("arch", ["mlp", "cnn1d"])
+def test_many_rows_against_the_jacobian(seed, arch, device):
+    """More rows than the plan's probe, wide ReLU layers (some units off on the probe rows)."""
+    torch.manual_seed(seed)
+    if arch == "mlp":
+        model, shape = MLP(20, [64, 64, 64], 10), (20,)
+    else:
+        model, shape = CNN(1, [8, 8], 3, kernel_size=3), (12,)
+    model = model.to(device=device, dtype=torch.float64)
+    x1 = torch.randn(32, *shape, device=device, dtype=torch.float64)
+    x2 = torch.randn(19, *shape, device=device, dtype=torch.float64)
+    for method in ("structured", "auto"):
+        assert rel_err(empirical_ntk(model, x1, method=method), empirical_ntk(model, x1, method="jacobian")) <= 1e-10
+        assert rel_err(empirical_ntk(model, x1, x2, method=method),
+                       empirical_ntk(model, x1, x2, method="jacobian")) <= 1e-10
+
+
 @pytest.mark.parametrize("form", ["gram", "outer", "factored"])
 @pytest.mark.parametrize("name", ["cnn2d", "odd_convs", "sequence3d", "mlp_relu"])
 def test_every_contraction_form_of_structured(name, form, device, monkeypatch):

@@ -725,7 +725,10 @@ def _ntk_structured(problem: NTKProblem, plan: Plan, xa: torch.Tensor, xb: torch
         elif weight.form == "factored":   # one side was not factored: compare the exact gradients
             ja, jb = (_unfactor(s, weight) for s in (side_a, side_b))
             total += contract({weight.param: ja}, None if xb is None else {weight.param: jb}, output)
-    names = [n for n in side_a.jacobians if n in side_b.jacobians]
+    # a factored weight whose factorisation failed on some side has its exact gradient in
+    # side.jacobians; it was contracted above (through _unfactor) and must not count twice
+    factored = {w.param for w in detail.weights if w.form == "factored"}
+    names = [n for n in side_a.jacobians if n in side_b.jacobians and n not in factored]
     if names:
         total += contract({n: side_a.jacobians[n] for n in names},
                           None if xb is None else {n: side_b.jacobians[n] for n in names}, output)
