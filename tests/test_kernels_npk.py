@@ -321,7 +321,7 @@ class TinyConvGated(nn.Module):
 @pytest.mark.parametrize("beta, value_input, gating_relu", [
     (None, "x", True),      # DGN with hard gates
     (4.0, "x", False),      # DLGN: soft gates of a deep linear gating network
-    (4.0, "ones", False),   # DLGN-SF: constant value input
+    (4.0, "ones", False),   # DLGN with a constant value input (value_input="ones")
 ])
 def test_gated_fc_closed_form(beta, value_input, gating_relu, device):
     model = TinyGated(4, [5, 3], 2, beta, value_input, gating_relu).to(device=device, dtype=F64)
