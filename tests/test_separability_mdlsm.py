@@ -263,3 +263,20 @@ def test_a_hull_of_other_sets_is_refused():
     with pytest.raises(ValueError, match=r"hull: expected the hull distance of these sets \(5 and 4 points in 3"):
         md_lsm(A, B, hull=other)
     assert md_lsm(A, B, hull=hull_distance(A, B)).value == md_lsm(A, B).value
+
+
+@pytest.mark.parametrize("method", ["auto", "approx", "exact"])
+def test_md_lsm_does_not_depend_on_magnitude_or_offset(method):
+    """MD-LSM is invariant to translation and positive scaling; the solvers work at unit scale,
+    so sets of magnitude 1e200 or 1e-200 (which once hung or returned a false 'optimal' 1.0)
+    give the value of the unit-scale sets, with the same certificate."""
+    g = torch.Generator().manual_seed(7)
+    n = 6 if method == "exact" else 25
+    A = torch.randn(n, 4, generator=g, dtype=torch.float64)
+    B = torch.randn(n, 4, generator=g, dtype=torch.float64) + 0.7
+    base = md_lsm(A, B, method=method)
+    for scale, offset in ((1e200, 0.0), (1e-200, 0.0), (1.0, 1e6), (3e5, -2e5)):
+        r = md_lsm(A * scale + offset * scale, B * scale + offset * scale, method=method)
+        got = (r.value, r.lower, r.upper, r.status)
+        assert got == (base.value, base.lower, base.upper, base.status), (scale, offset)
+        assert pair_fraction(A, B, r.normal) == pytest.approx(r.value, abs=1e-12)  # a direction for the inputs too

@@ -45,7 +45,7 @@ from .pointsets import check_direction as _check_direction
 from .heldout import HeldOutAUC, check_test_sets, held_out_auc_core
 from .hull import HullDistance
 from .options import check_option_names, options_from_signature
-from .pointsets import check_point_sets, span_coordinates
+from .pointsets import check_point_sets, span_coordinates, standardised
 
 __all__ = ["MDLSM", "md_lsm", "pair_fraction"]
 
@@ -320,6 +320,11 @@ def md_lsm_core(A: torch.Tensor, B: torch.Tensor, options: Any, hull: HullDistan
     """:func:`md_lsm` of checked point sets with checked ``MDLSMOptions`` and a matching ``hull`` (or None)."""
     start = time.perf_counter() if start is None else start
     o = options
+    # the classifier baselines are fitted on the sets as given (their fits are not scale-free), unless
+    # the sets' magnitude is beyond what those fits handle; then on the standardised sets
+    size = float(torch.maximum(A.abs().max(), B.abs().max()))
+    raw = (A, B) if 1e-30 <= size <= 1e30 else None
+    A, B = standardised(A, B)   # MD-LSM is invariant to translation and scale: solve at unit scale
     n, m = A.shape[0], B.shape[0]
     total = n * m
     method = o.method
@@ -337,7 +342,7 @@ def md_lsm_core(A: torch.Tensor, B: torch.Tensor, options: Any, hull: HullDistan
     best_count, best_normal, upper_count, status = certified_search(
         A, B, method, hull, total=total, witnesses=o.witnesses, certain_loss=coincident,
         approx=lambda h: _approx_search(A, B, h, seed=o.seed, n_starts=o.n_starts, steps=o.steps,
-                                        max_pairs=o.max_pairs),
+                                        max_pairs=o.max_pairs, fit_on=raw),
         exact=lambda known: _exact_milp(A, B, known, coincident, time_limit=o.time_limit, margin=o.margin))
     return MDLSM(value=best_count / total, lower=best_count / total, upper=upper_count / total,
                  normal=best_normal, method=method, status=status, n_pairs=total, coincident_pairs=coincident,
@@ -432,8 +437,12 @@ def _best_signed(A64: torch.Tensor, B64: torch.Tensor, W: torch.Tensor) -> tuple
 
 
 def _approx_search(A: torch.Tensor, B: torch.Tensor, hull: HullDistance, *, seed: int, n_starts: int, steps: int,
-                   max_pairs: int) -> tuple[int, torch.Tensor | None]:
-    """Best exact pair count found by the multi-start surrogate search; returns (count, unit normal)."""
+                   max_pairs: int, fit_on: tuple[torch.Tensor, torch.Tensor] | None = None
+                   ) -> tuple[int, torch.Tensor | None]:
+    """Best exact pair count found by the multi-start surrogate search; returns (count, unit normal).
+
+    ``fit_on``: the sets the classifier baselines are fitted on (default ``A``, ``B``); any set
+    related to ``A``, ``B`` by translation and positive scaling gives directions valid for both."""
     A64, B64 = A.to(torch.float64), B.to(torch.float64)
     n, m = A.shape[0], B.shape[0]
     if hull.separable and hull.normal is not None:
@@ -445,7 +454,7 @@ def _approx_search(A: torch.Tensor, B: torch.Tensor, hull: HullDistance, *, seed
     r = Ar.shape[1]
     if r == 0:
         return 0, None
-    fitted = classifier_directions(A, B)
+    fitted = classifier_directions(*(fit_on or (A, B))).to(A64)
     baselines = [fitted, (A64.mean(0) - B64.mean(0))[:, None]]
     if hull.normal is not None:
         baselines.append(hull.normal.to(A64)[:, None])

@@ -38,6 +38,29 @@ def check_point_sets(A: Any, B: Any, names: tuple[str, str] = ("A", "B")) -> tup
     return a.to(dtype), b.to(dtype)
 
 
+def standardised(A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``A`` and ``B`` divided by their largest absolute coordinate, then centred on their joint mean.
+
+    A measure invariant to translation and positive scaling (MD-LSM, separability itself) sees
+    the same sets at every magnitude, so its tolerances and solvers work at unit scale: sets of
+    magnitude 1e200 or 1e-200 give the value they give at 1. A direction found for the result is
+    a direction for the inputs too (``w @ x`` keeps its order).
+
+    Examples
+    --------
+    >>> f64 = torch.float64
+    >>> a, b = standardised(torch.tensor([[1e200, 0.0]], dtype=f64), torch.tensor([[-1e200, 2e200]], dtype=f64))
+    >>> a.tolist(), b.tolist()
+    ([[0.5, -0.5]], [[-0.5, 0.5]])
+    """
+    scale = torch.maximum(A.abs().max(), B.abs().max())
+    if not bool(scale > 0):
+        return A, B
+    A, B = A / scale, B / scale
+    centre = torch.cat([A, B]).mean(dim=0)
+    return A - centre, B - centre
+
+
 def check_direction(w: Any, d: int, device: torch.device, name: str = "w") -> torch.Tensor:
     """Check a direction of ``d`` entries on ``device``; return it in float64."""
     v = check_features(w, name, ndim=1)
