@@ -55,7 +55,7 @@ MODEL_NAMES = {"logreg": "logistic regression", "dnn": "ReLU DNN", "dgn": "DGN",
                "dlgn_sf": "DLGN-SF (shallow features)", "dlgn_ones": "DLGN, constant value input"}
 
 # ----------------------------------------------------------------------------- decisions before data
-STUDY_VERSION = "2"
+STUDY_VERSION = "3"
 CHANGES = {
     "1": "first version: raw accuracy ratios to an under-trained DNN; 'DLGN-SF' named the constant-value-input "
          "DLGN; the NTK-NPK expectation identity as two claims; alignment as a Spearman trend over epochs; no "
@@ -65,6 +65,11 @@ CHANGES = {
          "its own name, without a claim); the expectation identity moved to the tests; alignment judged on its "
          "gain against permuted labels; learned gates against learned weights; a control and a not-supported "
          "sentence for every claim; the penalty of the floor chosen on a validation split.",
+    "3": "the two substantive NPK statements the issue found untested: the finite-width claim (one "
+         "initialisation's value NTK approaches the scaled NPK as width grows: log-log slope of the relative "
+         "distance over width, against the same slope to the hard-gate NPK of the same gating network) and NPK kernel "
+         "ridge regression (penalty chosen on a validation split) against the trained fixed-gate value network, "
+         "against the NPK of the gates at initialisation.",
 }
 RECOVERY_BOUND = 0.835       # the abstract's 83.5%
 RECOVERY_PARTIAL = 0.5       # "most of the performance"
@@ -72,6 +77,10 @@ MIN_DNN_MARGIN = 0.01        # the DNN must beat the floor by 1 point, else reco
 ALIGNMENT_GAIN_BOUND = 0.05  # a gain of 0.05 in centred alignment beyond the permuted-label control
 VALIDATION_FRACTION = 0.2
 LOGREG_C = (0.01, 0.1, 1.0, 10.0)
+NTK_SLOPE_BOUND = -0.25      # half the theory's -1/2 beyond the control's slope
+NTK_SLOPE_PARTIAL = -0.1
+KRR_GAP_BOUND = -0.02        # 2 points closer to the value network than the init-gate NPK
+KRR_LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # relative to the mean diagonal of the training kernel
 _SCALE = ("Laptop scale: fully connected networks on mnist1d and digits for a few epochs, not the paper's "
           "convolutional networks on CIFAR.")
 _DLGN = ("\u201cthe DLGN recovers more than 83.5% of the performance of state-of-the-art DNNs\u201d (abstract, "
@@ -133,6 +142,33 @@ def _registry() -> ClaimRegistry:
         not_supported_if="Not supported if the NPK's alignment had gained no more than its alignment with "
                          "permuted labels",
         caveat=_SCALE)
+    width = Threshold(
+        name="value-ntk-approaches-npk", paper=PAPER, table="ntk_width", by="dataset", value="slope",
+        op="<=", bound=NTK_SLOPE_BOUND, partial=NTK_SLOPE_PARTIAL,
+        statement=_NPK + ". Tested reading: at a single initialisation, the value network's NTK (over the value "
+                         "weights, gates fixed) approaches c times the NPK as the width grows (theory: relative "
+                         "distance ~ width^-1/2).",
+        control=Control.from_column("slope_control", "the same slope for the distance to c times the NPK of the "
+                                                     "same gating network with hard gates 1[q > 0] (a nearby "
+                                                     "kernel with another limit: no shrinkage expected)"),
+        measured="log-log least-squares slope of ||NTK - c NPK||_F / ||c NPK||_F against width, one "
+                 "initialisation per width, minus the control's slope",
+        not_supported_if="Not supported if the relative distance had shrunk with width no faster than the "
+                         "distance to the hard-gate NPK of the same gating network",
+        caveat=_SCALE + " Few widths and a small kernel subset.")
+    krr = Threshold(
+        name="npk-regression-tracks-value-net", paper=PAPER, table="npk_krr", by="dataset", value="gap",
+        op="<=", bound=KRR_GAP_BOUND, partial=0.0,
+        statement=_NPK + ". Tested reading: kernel ridge regression with the NPK of a trained DLGN's gates comes "
+                         "closer to the test accuracy of a value network trained on those frozen gates than the "
+                         "NPK of the gates at initialisation does.",
+        control=Control.from_column("gap_control", "kernel ridge regression with the NPK of the same DLGN's "
+                                                   "gates at initialisation"),
+        measured="|KRR test accuracy (trained-gate NPK) - value network test accuracy|, minus the same gap with "
+                 "the initialisation's NPK; KRR penalty chosen on a validation split",
+        not_supported_if="Not supported if the trained gates' NPK had tracked the value network no better than "
+                         "the initialisation's NPK",
+        caveat=_SCALE + " KRR on a training subset, the value network on the full training part.")
     return ClaimRegistry(STUDY_VERSION, [
         (recover, "The abstract's 83.5%, read above the linear floor (a ratio of raw accuracies counts what a "
                   "linear model already gets as recovered) with the DNN fitted as well as the DLGN; 0.5 reads "
@@ -144,6 +180,10 @@ def _registry() -> ClaimRegistry:
                     "counts."),
         (align, "A gain of 0.05 in centred alignment beyond the permuted-label control is a visible move; any "
                 "excess gain is partly. Gated models only (the ReLU DNN's row is reported)."),
+        (width, "Theory gives -1/2 for the slope; -0.25 beyond the control (half of it) is read as supported, "
+                "-0.1 as partly. Fixed before any run of version 3."),
+        (krr, "Two points of test accuracy closer than the initialisation's NPK is a visible difference; any "
+              "improvement is partly. Fixed before any run of version 3."),
     ], changes=CHANGES)
 
 
@@ -153,10 +193,14 @@ _COMMON_QUICK = {"n_data": 3000, "width": 64, "depth": 3, "epochs": 8, "lr": 0.0
                  "beta": 4.0, "n_kernel": 96, "match_factor": 3}
 _COMMON_FULL = {"n_data": 5000, "width": 128, "depth": 4, "epochs": 20, "lr": 0.001, "batch_size": 64,
                 "beta": 4.0, "n_kernel": 200, "match_factor": 3}
-QUICK = [{**_COMMON_QUICK, "part": p, "dataset": ["mnist1d", "digits"]}
-         for p in ("models", "gates_vs_weights", "decoupled")]
-FULL = [{**_COMMON_FULL, "part": p, "dataset": ["mnist1d", "digits"]}
-        for p in ("models", "gates_vs_weights", "decoupled")]
+_WIDTH_QUICK = {"widths": (16, 32, 64, 128), "n_ntk": 16, "ntk_depth": 2}
+_WIDTH_FULL = {"widths": (16, 32, 64, 128, 256), "n_ntk": 24, "ntk_depth": 2}
+_KRR_QUICK = {"n_krr": 400, "n_krr_test": 400}
+_KRR_FULL = {"n_krr": 800, "n_krr_test": 800, "krr_epochs": 10}  # half the epochs: the time budget
+QUICK = [{**_COMMON_QUICK, "part": p, "dataset": ["mnist1d", "digits"], **_WIDTH_QUICK, **_KRR_QUICK}
+         for p in ("models", "gates_vs_weights", "decoupled", "ntk_width", "npk_krr")]
+FULL = [{**_COMMON_FULL, "part": p, "dataset": ["mnist1d", "digits"], **_WIDTH_FULL, **_KRR_FULL}
+        for p in ("models", "gates_vs_weights", "decoupled", "ntk_width", "npk_krr")]
 
 
 # --------------------------------------------------------------------------------------------
@@ -464,7 +508,111 @@ def _run_decoupled(config, fit_part, val, test) -> list[dict]:
     return rows
 
 
-_PARTS = {"models": _run_models, "gates_vs_weights": _run_gates_vs_weights, "decoupled": _run_decoupled}
+def loglog_slope(widths, distances) -> float:
+    """Least-squares slope of ``log(distance)`` against ``log(width)``."""
+    w, d = np.asarray(widths, dtype=float), np.asarray(distances, dtype=float)
+    if w.shape != d.shape or w.size < 2 or not (np.all(w > 0) and np.all(d > 0)):
+        raise ValueError(f"widths, distances: expected >= 2 positive pairs of equal length, got {w.tolist()}, "
+                         f"{d.tolist()}")
+    lx, ly = np.log(w), np.log(d)
+    lx, ly = lx - lx.mean(), ly - ly.mean()
+    return float((lx * ly).sum() / (lx * lx).sum())
+
+
+def relative_distance(kernel: torch.Tensor, reference: torch.Tensor) -> float:
+    """``||kernel - reference||_F / ||reference||_F``."""
+    k, r = kernel.double(), reference.double().to(kernel.device)
+    return float((k - r).norm() / r.norm())
+
+
+def single_init_distances(model: GatedNetwork, x: torch.Tensor, seed: int) -> tuple[float, float]:
+    """Relative distance of one value initialisation's NTK to ``c · NPK`` of ``model``'s own gates and to
+    ``c · NPK`` of the same gating network with hard gates ``1[q > 0]`` (a nearby kernel with another limit)."""
+    work = copy.deepcopy(model).double().eval()
+    xs = x.to(next(work.parameters()).device, torch.float64)
+    redraw_value_weights(work, torch.Generator().manual_seed(seed))
+    k = empirical_ntk(work, xs, output="trace", params=value_weight_names(work), progress=False)
+    c = value_ntk_constant(default_value_weight_variances(work))
+    npk = neural_path_kernel(work, xs)
+    hard = copy.deepcopy(work)
+    hard._gate = "hard"
+    return relative_distance(k, c * npk), relative_distance(k, c * neural_path_kernel(hard, xs))
+
+
+def _run_ntk_width(config, fit_part, val, test) -> list[dict]:
+    seed = config["seed"]
+    g = torch.Generator().manual_seed(seed + 21)
+    x = fit_part.X[torch.randperm(len(fit_part), generator=g)[: config["n_ntk"]]].reshape(config["n_ntk"], -1)
+    rows = []
+    for w in config["widths"]:
+        torch.manual_seed(seed * 1000 + w)
+        model = build_model("dlgn", x.shape[1], fit_part.n_classes, w, config["ntk_depth"], config["beta"])
+        d, dc = single_init_distances(model, x, seed + w)
+        rows.append({"kind": "ntk_distance", "width": w, "distance": d, "distance_control": dc})
+    return rows
+
+
+def krr_predict(k_train: np.ndarray, y_train: np.ndarray, k_test: np.ndarray, lam: float) -> np.ndarray:
+    """Kernel ridge regression predictions ``K_test (K + lam I)^{-1} Y`` (sklearn, precomputed kernel)."""
+    from sklearn.kernel_ridge import KernelRidge
+    return KernelRidge(alpha=lam, kernel="precomputed").fit(k_train, y_train).predict(k_test)
+
+
+def krr_accuracy(kernel, x_fit, y_fit, x_val, y_val, x_test, y_test, n_classes) -> dict:
+    """KRR on one-hot targets with ``kernel(a, b)``; the penalty (relative to the mean diagonal of the
+    training kernel) chosen on validation accuracy; returns test accuracy and the chosen penalty."""
+    kff = kernel(x_fit, x_fit)
+    kvf, ktf = kernel(x_val, x_fit), kernel(x_test, x_fit)
+    scale = float(np.mean(np.diag(kff)))
+    onehot = np.eye(n_classes)[y_fit]
+    best = None
+    for lam in KRR_LAMBDAS:
+        v = float((krr_predict(kff, onehot, kvf, lam * scale).argmax(1) == y_val).mean())
+        if best is None or v > best[0]:
+            best = (v, lam)
+    v, lam = best
+    t = float((krr_predict(kff, onehot, ktf, lam * scale).argmax(1) == y_test).mean())
+    return {"val": v, "test": t, "lambda": lam}
+
+
+def _npk_fn(model):
+    work = copy.deepcopy(model).double().eval()
+    dev = next(work.parameters()).device
+
+    def k(a, b):
+        return neural_path_kernel(work, a.to(dev, torch.float64), b.to(dev, torch.float64)).cpu().numpy()
+    return k
+
+
+def _run_npk_krr(config, fit_part, val, test) -> list[dict]:
+    device, seed = config["_device"], config["seed"]
+    torch.manual_seed(seed + 5)
+    model = build_model("dlgn", fit_part.n_features, fit_part.n_classes, config["width"], config["depth"],
+                        config["beta"])
+    at_init = copy.deepcopy(model)
+    epochs = config.get("krr_epochs", config["epochs"])
+    _fit(model, fit_part, val, config, epochs=epochs)
+    value_net = copy.deepcopy(model)
+    redraw_value_weights(value_net, torch.Generator().manual_seed(seed + 6))  # a fresh value network
+    value_net.freeze_gating(True)
+    _fit(value_net, fit_part, val, config, epochs=epochs)
+    value_acc = evaluate(value_net, test, device=device)["accuracy"]
+    g = torch.Generator().manual_seed(seed + 8)
+    fi = torch.randperm(len(fit_part), generator=g)[: config["n_krr"]]
+    ti = torch.randperm(len(test), generator=g)[: config["n_krr_test"]]
+    vi = torch.randperm(len(val), generator=g)[: config["n_krr"] // 2]
+    data = (fit_part.X[fi], fit_part.y[fi].numpy(), val.X[vi], val.y[vi].numpy(), test.X[ti], test.y[ti].numpy(),
+            fit_part.n_classes)
+    rows = []
+    for gates, net in (("trained", model), ("init", at_init)):
+        out = krr_accuracy(_npk_fn(net), *data)
+        rows.append({"kind": "krr", "gates": gates, "krr_accuracy": out["test"], "krr_val_accuracy": out["val"],
+                     "lambda": out["lambda"], "value_accuracy": value_acc})
+    return rows
+
+
+_PARTS = {"models": _run_models, "gates_vs_weights": _run_gates_vs_weights, "decoupled": _run_decoupled,
+          "ntk_width": _run_ntk_width, "npk_krr": _run_npk_krr}
 
 
 def run_one(config: dict, device: str | None = None) -> pd.DataFrame:
@@ -503,6 +651,37 @@ def recovery_table(acc: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def ntk_width_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset and seed: the log-log slope of the distance over width, and the control's slope."""
+    if "part" not in results or not (results["part"] == "ntk_width").any():
+        return pd.DataFrame(columns=[*_KEYS, "slope", "slope_control", "n_widths"])
+    d = results[results["part"] == "ntk_width"]
+    rows = []
+    for (ds, seed), grp in d.groupby(_KEYS):
+        grp = grp.sort_values("width")
+        rows.append({"dataset": ds, "seed": seed, "slope": loglog_slope(grp["width"], grp["distance"]),
+                     "slope_control": loglog_slope(grp["width"], grp["distance_control"]),
+                     "n_widths": len(grp), "distance_smallest": grp["distance"].iloc[0],
+                     "distance_largest": grp["distance"].iloc[-1]})
+    return pd.DataFrame(rows)
+
+
+def npk_krr_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset and seed: KRR accuracy with trained and initial gates' NPK against the value network."""
+    if "part" not in results or not (results["part"] == "npk_krr").any():
+        return pd.DataFrame(columns=[*_KEYS, "gap", "gap_control"])
+    d = results[results["part"] == "npk_krr"]
+    rows = []
+    for (ds, seed), grp in d.groupby(_KEYS):
+        tr, ini = grp[grp["gates"] == "trained"].iloc[0], grp[grp["gates"] == "init"].iloc[0]
+        v = float(tr["value_accuracy"])
+        rows.append({"dataset": ds, "seed": seed, "value_accuracy": v, "krr_accuracy": tr["krr_accuracy"],
+                     "krr_init_accuracy": ini["krr_accuracy"], "gap": abs(tr["krr_accuracy"] - v),
+                     "gap_control": abs(ini["krr_accuracy"] - v), "lambda": tr["lambda"],
+                     "lambda_init": ini["lambda"]})
+    return pd.DataFrame(rows)
+
+
 def summarize(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
     models = results[results["part"] == "models"]
     ma = models[models["kind"] == "accuracy"]
@@ -523,6 +702,7 @@ def summarize(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
         out.columns.name = None
         return out
     return {"accuracy": acc, "recovery": recovery_table(acc), "alignment": align,
+            "ntk_width": ntk_width_table(results), "npk_krr": npk_krr_table(results),
             "gates_vs_weights": pivot("gates_vs_weights", "trained"), "decoupled": pivot("decoupled", "gates"),
             "decisions": REGISTRY.to_frame()}
 

@@ -123,7 +123,7 @@ def test_bad_inputs_are_named():
 
 
 #: The claims' decisions of each study version; a change needs a new version and a line of why.
-PINS = {"2": "60a822e0ed284f08"}
+PINS = {"2": "60a822e0ed284f08", "3": "026f8e178ec376e0"}
 
 
 def test_registry_is_pinned_and_every_claim_has_a_control_and_a_failure_sentence():
@@ -213,18 +213,64 @@ def test_logistic_floor_chooses_c_on_validation_only():
     assert other["C"] == out["C"] and other["val"] == out["val"]
 
 
+def test_loglog_slope_matches_polyfit():
+    rng = np.random.default_rng(1)
+    w = np.array([16, 32, 64, 128, 256.0])
+    d = 3.0 * w ** -0.5 * np.exp(rng.normal(0, 0.1, size=5))
+    assert S3.loglog_slope(w, d) == pytest.approx(np.polyfit(np.log(w), np.log(d), 1)[0], rel=1e-10)
+    assert S3.loglog_slope(w, 2 * w ** -0.5) == pytest.approx(-0.5, abs=1e-12)
+    with pytest.raises(ValueError, match="widths"):
+        S3.loglog_slope([1.0], [1.0])
+    with pytest.raises(ValueError, match="distances"):
+        S3.loglog_slope([1.0, 2.0], [1.0, 0.0])
+
+
+def test_krr_predict_matches_a_direct_solve():
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=(12, 4))
+    k, kt = a @ a.T, rng.normal(size=(5, 4)) @ a.T
+    y = np.eye(3)[rng.integers(0, 3, 12)]
+    alpha = np.linalg.solve(k + 0.3 * np.eye(12), y)
+    np.testing.assert_allclose(S3.krr_predict(k, y, kt, 0.3), kt @ alpha, rtol=1e-8, atol=1e-10)
+
+
+def test_krr_penalty_is_chosen_without_test_labels():
+    rng = np.random.default_rng(3)
+    xf, xv, xt = (torch.tensor(rng.normal(size=(n, 3))) for n in (30, 20, 15))
+    yf, yv = (xf[:, 0] > 0).long().numpy(), (xv[:, 0] > 0).long().numpy()
+    yt = (xt[:, 0] > 0).long().numpy()
+    kern = lambda p, q: (p @ q.T).numpy()  # noqa: E731
+    out = S3.krr_accuracy(kern, xf, yf, xv, yv, xt, yt, 2)
+    flipped = S3.krr_accuracy(kern, xf, yf, xv, yv, xt, 1 - yt, 2)
+    assert out["lambda"] == flipped["lambda"] and out["val"] == flipped["val"]
+    assert out["test"] == pytest.approx(1 - flipped["test"]) and out["lambda"] in S3.KRR_LAMBDAS
+    assert out["test"] > 0.8
+
+
+def test_single_init_distance_shrinks_towards_the_npk_not_the_control():
+    torch.manual_seed(0)
+    x = torch.randn(6, 3)
+    near, far = [], []
+    for w in (8, 512):
+        d, dc = S3.single_init_distances(DLGN(3, [w, w], 2, gate="soft", beta=4.0), x, seed=w)
+        near.append(d)
+        far.append(dc)
+    assert near[1] < 0.5 * near[0] and far[1] > 0.5 * far[0] and far[1] > 2 * near[1]
+
+
 TINY = {"n_data": 300, "width": 8, "depth": 2, "epochs": 2, "lr": 0.01, "batch_size": 64, "beta": 4.0,
-        "n_kernel": 16, "match_factor": 2, "dataset": "mnist1d"}
+        "n_kernel": 16, "match_factor": 2, "dataset": "mnist1d", "widths": (4, 8, 16, 32), "n_ntk": 5,
+        "ntk_depth": 2, "n_krr": 40, "n_krr_test": 30}
 
 
 def test_tiny_run_gives_tidy_tables_and_claims_evaluate(device):
     rows = []
     for seed in range(2):
-        for part in ("models", "gates_vs_weights", "decoupled"):
+        for part in ("models", "gates_vs_weights", "decoupled", "ntk_width", "npk_krr"):
             cfg = {**TINY, "part": part, "seed": seed}
             out = STUDY.run_one(cfg, device=str(device))
             assert isinstance(out, pd.DataFrame) and "kind" in out.columns
-            rows.append(out.assign(**{k: v for k, v in cfg.items() if k not in out.columns}))
+            rows.append(out.assign(**{k: v for k, v in cfg.items() if k not in out.columns and not isinstance(v, tuple)}))
     results = pd.concat(rows, ignore_index=True)
     tables = STUDY.summarize(results)
     acc = tables["accuracy"]
@@ -237,6 +283,11 @@ def test_tiny_run_gives_tidy_tables_and_claims_evaluate(device):
     assert set(tables["decoupled"]["gates"]) == {"dnn", "trained", "init"}
     rec = tables["recovery"]
     assert set(rec["model"]) == set(S3.MODELS) - {"logreg"}
+    nt = tables["ntk_width"]
+    assert len(nt) == 2 and (nt["n_widths"] == 4).all() and np.isfinite(nt[["slope", "slope_control"]]).all().all()
+    kr = tables["npk_krr"]
+    assert len(kr) == 2 and np.allclose(kr["gap"], (kr["krr_accuracy"] - kr["value_accuracy"]).abs())
+    assert np.allclose(kr["gap_control"], (kr["krr_init_accuracy"] - kr["value_accuracy"]).abs())
     for claim in STUDY.claims:
         result = claim.evaluate(tables[claim.table])
         assert result.verdict in VERDICTS
