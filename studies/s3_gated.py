@@ -196,7 +196,7 @@ _COMMON_FULL = {"n_data": 5000, "width": 128, "depth": 4, "epochs": 20, "lr": 0.
 _WIDTH_QUICK = {"widths": (16, 32, 64, 128), "n_ntk": 16, "ntk_depth": 2}
 _WIDTH_FULL = {"widths": (16, 32, 64, 128, 256), "n_ntk": 24, "ntk_depth": 2}
 _KRR_QUICK = {"n_krr": 400, "n_krr_test": 400}
-_KRR_FULL = {"n_krr": 800, "n_krr_test": 800, "krr_epochs": 10}  # half the epochs: the time budget
+_KRR_FULL = {"n_krr": 500, "n_krr_test": 500, "krr_epochs": 10}  # the time budget (~2 minutes on one core)
 QUICK = [{**_COMMON_QUICK, "part": p, "dataset": ["mnist1d", "digits"], **_WIDTH_QUICK, **_KRR_QUICK}
          for p in ("models", "gates_vs_weights", "decoupled", "ntk_width", "npk_krr")]
 FULL = [{**_COMMON_FULL, "part": p, "dataset": ["mnist1d", "digits"], **_WIDTH_FULL, **_KRR_FULL}
