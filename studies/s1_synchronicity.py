@@ -31,7 +31,8 @@ from sepmeasure.claims import ClaimRegistry, CoMovement, Control, MonotoneTrend,
 from sepmeasure.data import LabeledData, load_dataset
 from sepmeasure.models.standard import CNN, MLP
 from sepmeasure.report import FigureSpec
-from sepmeasure.separability import add_relative_hull_distance, class_subsample, fit_logistic, held_out_auc
+from sepmeasure.separability.heldout import held_out_probe_rows
+from sepmeasure.separability import add_relative_hull_distance, class_subsample
 from sepmeasure.study import Study
 from sepmeasure.training import Callback, evaluate, fit
 
@@ -106,29 +107,9 @@ def series_statistics(sep: np.ndarray, acc: np.ndarray, tol: float = 1e-6) -> di
 
 
 def probe_rows(acts, y: torch.Tensor, table: pd.DataFrame, layers: dict[str, int]) -> list[dict]:
-    """Held-out balanced accuracy and AUC of a class-balanced logistic probe, on the rows ``table`` held out."""
-    test_rows = sorted(int(i) for i in table.attrs["held_out_rows"])
-    held = set(test_rows)
-    train_rows = [int(i) for i in table.attrs["subsample"] if int(i) not in held]
-    y = y.cpu()
-    ytr, yte = y[train_rows], y[test_rows]
-    out = []
-    pairs = table[["layer", "class_a", "class_b"]].drop_duplicates()
-    for layer, a, b in pairs.itertuples(index=False):
-        X = acts[layer].reshape(len(y), -1).to(torch.float64).cpu()
-        Xtr, Xte = X[train_rows], X[test_rows]
-        in_a_tr, in_a_te = ytr == int(a), yte == int(a)
-        in_b_tr = (ytr != int(a)) if b == "rest" else ytr == int(b)
-        in_b_te = (yte != int(a)) if b == "rest" else yte == int(b)
-        keep = in_a_tr | in_b_tr
-        w, bias = fit_logistic(Xtr[keep], in_a_tr[keep].long())
-        s = Xte @ w + bias
-        balanced = 0.5 * (float((s[in_a_te] > 0).double().mean()) + float((s[in_b_te] <= 0).double().mean()))
-        auc = held_out_auc(w, Xte[in_a_te], Xte[in_b_te]).value
-        base = {"layer": layer, "class_a": a, "class_b": b, "n_a": int(in_a_tr.sum()), "n_b": int(in_b_tr.sum())}
-        out.append({**base, "measure": "linear_probe", "value": balanced})
-        out.append({**base, "measure": "probe_auc", "value": float(auc)})
-    return out
+    """Held-out balanced accuracy and AUC of a class-balanced logistic probe, on the rows ``table`` held out
+    (:func:`sepmeasure.separability.heldout.held_out_probe_rows`; ``layers`` is not needed)."""
+    return held_out_probe_rows(acts, y, table)
 
 
 def measure_layers(acts, y: torch.Tensor, layers: dict[str, int], pairs, seed: int, device) -> pd.DataFrame:

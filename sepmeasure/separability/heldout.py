@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ import torch
 from ..validation import check_features, check_fraction, check_int, check_labels, describe
 from ._results import CertifiedResult
 from .pointsets import check_direction, check_point_sets
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["HeldOutAUC", "held_out_auc", "delong_interval"]
 # internal API of the separability package: check_test_sets, held_out_auc_core, stratified_split
@@ -212,3 +216,38 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     n_test = min(n_test, y.shape[0] - len(classes))
     train, test = train_test_split(np.arange(y.shape[0]), test_size=n_test, stratify=y, random_state=seed)
     return torch.as_tensor(np.sort(train)), torch.as_tensor(np.sort(test))
+
+
+def held_out_probe_rows(acts: Mapping[str, torch.Tensor], y: torch.Tensor, table: pd.DataFrame) -> list[dict]:
+    """Held-out balanced accuracy and AUC of a class-balanced logistic probe, per layer and class pair.
+
+    ``table`` is a :func:`~sepmeasure.separability.layer_separability` table made with
+    ``held_out=...``: its ``attrs`` name the subsample and the rows it held out; the probe
+    (:func:`~sepmeasure.separability.probe.fit_logistic`) is fitted on the other rows of the
+    subsample for every ``(layer, class_a, class_b)`` of the table (``class_b`` may be
+    ``"rest"``) and read on the held-out rows: one ``linear_probe`` row (balanced accuracy) and
+    one ``probe_auc`` row (:func:`held_out_auc`) each, with ``n_a``, ``n_b`` the fitting rows.
+    """
+    from .probe import fit_logistic
+
+    test_rows = sorted(int(i) for i in table.attrs["held_out_rows"])
+    held = set(test_rows)
+    train_rows = [int(i) for i in table.attrs["subsample"] if int(i) not in held]
+    y = y.cpu()
+    ytr, yte = y[train_rows], y[test_rows]
+    out = []
+    for layer, a, b in table[["layer", "class_a", "class_b"]].drop_duplicates().itertuples(index=False):
+        X = acts[layer].reshape(len(y), -1).to(torch.float64).cpu()
+        Xtr, Xte = X[train_rows], X[test_rows]
+        in_a_tr, in_a_te = ytr == int(a), yte == int(a)
+        in_b_tr = (ytr != int(a)) if b == "rest" else ytr == int(b)
+        in_b_te = (yte != int(a)) if b == "rest" else yte == int(b)
+        keep = in_a_tr | in_b_tr
+        w, bias = fit_logistic(Xtr[keep], in_a_tr[keep].long())
+        s = Xte @ w + bias
+        balanced = 0.5 * (float((s[in_a_te] > 0).double().mean()) + float((s[in_b_te] <= 0).double().mean()))
+        auc = held_out_auc(w, Xte[in_a_te], Xte[in_b_te]).value
+        base = {"layer": layer, "class_a": a, "class_b": b, "n_a": int(in_a_tr.sum()), "n_b": int(in_b_tr.sum())}
+        out.append({**base, "measure": "linear_probe", "value": balanced})
+        out.append({**base, "measure": "probe_auc", "value": float(auc)})
+    return out
