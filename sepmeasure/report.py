@@ -191,9 +191,36 @@ def render_figure(spec: FigureSpec, table: pd.DataFrame) -> bytes:
         fig = _draw(spec, data, sns, plt)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        return buf.getvalue()
+        return palette_png(buf.getvalue())
     finally:
         plt.close("all")
+
+
+def palette_png(png: bytes, colors: int = 256) -> bytes:
+    """The same picture as an 8-bit palette PNG (about a third of the bytes for a plot).
+
+    Plots hold few colours beyond their anti-aliased edges, so a median-cut palette of
+    ``colors`` entries without dithering keeps every mark and label; committed reports
+    stay small because each figure is stored as a file and embedded in the HTML page.
+
+    Examples
+    --------
+    >>> import io
+    >>> from PIL import Image
+    >>> buf = io.BytesIO(); Image.new("RGB", (4, 3), (200, 30, 40)).save(buf, format="PNG")
+    >>> small = Image.open(io.BytesIO(palette_png(buf.getvalue())))
+    >>> small.mode, small.size, small.convert("RGB").getpixel((0, 0))
+    ('P', (4, 3), (200, 30, 40))
+    """
+    from PIL import Image
+
+    if not isinstance(png, (bytes, bytearray)):
+        raise TypeError(f"png: expected the bytes of a PNG file, got {describe(png)}")
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    out = io.BytesIO()
+    image.quantize(colors=colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+        out, format="PNG", optimize=True)
+    return out.getvalue()
 
 
 def _draw(spec: FigureSpec, data: pd.DataFrame, sns, plt):
