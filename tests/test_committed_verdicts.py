@@ -78,3 +78,20 @@ def test_every_committed_claim_names_its_control_and_how_it_could_have_failed(st
             f"{study_dir.name}: claim {row['claim']} has a control ({control!r}) but no baseline value")
         nsi = row.get("not_supported_if")
         assert isinstance(nsi, str) and nsi, f"{study_dir.name}: claim {row['claim']} says not how it could fail"
+
+
+def test_committed_reference_stays_small():
+    """Every clone carries reports/: its tracked files stay within 12 MB (figures are palette
+    PNGs, large tables parquet only)."""
+    import subprocess
+
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "reports"], cwd=ROOT, capture_output=True,
+                                check=True).stdout.split(b"\0")
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    files = [ROOT / name.decode() for name in listed if name]
+    if not files:
+        pytest.skip("no tracked reports")
+    total = sum(f.stat().st_size for f in files if f.exists())
+    assert total <= 12 * 2**20, f"tracked reports/ holds {total / 2**20:.1f} MiB (limit 12 MiB)"
