@@ -36,6 +36,11 @@ dot products, about :math:`10^{-15}` of the data's scale). The two solvers are
   ``status`` when it does not get there.
 * ``"reference"`` — the same problem as a second-order cone program through cvxpy (Clarabel by
   default), checked with the same certificate.
+
+Both solve at unit scale: the points are divided by a power of two (exactly) that brings their
+largest coordinate into [1, 2) and centred, and the distances are multiplied back, so sets of
+magnitude 1e-200 or 1e200 get the distances, flags and certificates of the same sets at 1
+(a distance beyond float64's range is an ``OverflowError``).
 """
 from __future__ import annotations
 
@@ -52,7 +57,7 @@ from ..validation import check_choice, check_features, check_int, check_labels, 
 from ._cvx import solve_reporting_status
 from ._results import CertifiedResult
 from .options import check_option_names, options_from_signature
-from .pointsets import check_point_sets, class_pairs
+from .pointsets import check_point_sets, class_pairs, power_of_two_scale
 
 __all__ = ["HullDistance", "HullSolverError", "hull_distance", "pairwise_hull_distances"]
 # internal API of the separability package: HullOptions, check_hull_options, hull_distance_core,
@@ -260,31 +265,50 @@ def check_hull_options(**given: Any) -> Any:
 def hull_distance_core(A: torch.Tensor, B: torch.Tensor, options: Any,
                        warm_start: HullDistance | None = None) -> HullDistance:
     """:func:`hull_distance` of checked point sets with checked ``HullOptions`` (no checks here)."""
-    if options.method == "reference":
-        return _reference(A, B, tol=options.tol, zero_tol=options.zero_tol, solver=options.solver,
-                          solver_options=options.solver_options)
-    X = torch.cat([A, B])
     n = A.shape[0]
+    X = torch.cat([A, B]).to(torch.float64)
     rows_a = torch.arange(n, device=X.device)
     rows_b = torch.arange(n, X.shape[0], device=X.device)
-    return _native_many(X, [(rows_a, rows_b)], tol=options.tol, zero_tol=options.zero_tol,
-                        max_iter=options.max_iter, add=options.working_set, warm=[warm_start])[0]
+    return solve_pairs(X, [(rows_a, rows_b)], options, warm=[warm_start])[0]
 
 
 def solve_pairs(X: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]], options: Any, *,
-                progress: bool = False) -> list[HullDistance]:
+                progress: bool = False, warm: list | None = None) -> list[HullDistance]:
     """Hull distances of the pairs ``(rows_a, rows_b)`` of the checked pool ``X`` (no checks here).
 
     ``options`` is a checked ``HullOptions``: the native solver runs all pairs together, the
-    reference solver one pair after the other. Used by :func:`pairwise_hull_distances`, the
-    per-layer tables and the callback.
+    reference solver one pair after the other. Both solve at unit scale: the pool is divided by
+    a power of two (exactly) so that its largest coordinate lies in [1, 2), and each solver
+    centres the points (a common shift); distances, bounds, scales and offsets are multiplied
+    back, so results do not depend on the magnitude of the data (an ``OverflowError`` says when
+    a distance does not fit in float64). Used by :func:`hull_distance`,
+    :func:`pairwise_hull_distances`, the per-layer tables and the callback.
     """
+    X64 = X.to(torch.float64)
+    s = power_of_two_scale(X64)
+    Xs = X64 / s
     if options.method == "reference":
-        return [_reference(X[ra], X[rb], tol=options.tol, zero_tol=options.zero_tol, solver=options.solver,
-                           solver_options=options.solver_options)
-                for ra, rb in progress_bar(pairs, progress=progress, desc="hull distance (reference)", leave=False)]
-    return _native_many(X, pairs, tol=options.tol, zero_tol=options.zero_tol, max_iter=options.max_iter,
-                        add=options.working_set, warm=None, progress=progress)
+        results = [_reference(Xs[ra], Xs[rb], tol=options.tol, zero_tol=options.zero_tol, solver=options.solver,
+                              solver_options=options.solver_options)
+                   for ra, rb in progress_bar(pairs, progress=progress, desc="hull distance (reference)", leave=False)]
+    else:
+        results = _native_many(Xs, pairs, tol=options.tol, zero_tol=options.zero_tol, max_iter=options.max_iter,
+                               add=options.working_set, warm=warm, progress=progress)
+    return [_rescaled(r, s, X64[ra], X64[rb]) for r, (ra, rb) in zip(results, pairs)]
+
+
+def _rescaled(r: HullDistance, s: float, A64: torch.Tensor, B64: torch.Tensor) -> HullDistance:
+    """A unit-scale result for the sets ``A64 / s`` and ``B64 / s`` as a result for ``A64`` and ``B64``."""
+    values = {name: getattr(r, name) * s for name in ("distance", "lower", "upper", "scale")}
+    over = [name for name, v in values.items() if math.isinf(v) and math.isfinite(getattr(r, name))]
+    if over:
+        raise OverflowError(f"A, B: the hull {over[0]} of these point sets, {getattr(r, over[0])!r} x {s!r}, "
+                            f"overflows float64 (largest {torch.finfo(torch.float64).max:.4g}); divide both sets "
+                            f"by a common factor")
+    offset = r.offset
+    if r.normal is not None:
+        offset = float((A64 @ r.normal).min() / 2 + (B64 @ r.normal).max() / 2)
+    return dataclasses.replace(r, offset=offset, **values)
 
 
 def pairwise_hull_distances(features: Any, labels: Any, pairs: Any = "ovo", *, classes: Any = None,

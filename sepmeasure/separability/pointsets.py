@@ -5,6 +5,7 @@ They are checked once here, at the boundary, with messages that name the argumen
 """
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import torch
@@ -12,7 +13,7 @@ import torch
 from ..validation import check_features, describe
 
 __all__ = ["check_point_sets", "check_direction", "class_pairs", "span_coordinates", "SpanCoordinates",
-           "to_span_direction"]
+           "to_span_direction", "standardised", "standardise", "Standardised", "power_of_two_scale"]
 
 
 def check_point_sets(A: Any, B: Any, names: tuple[str, str] = ("A", "B")) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,13 +39,35 @@ def check_point_sets(A: Any, B: Any, names: tuple[str, str] = ("A", "B")) -> tup
     return a.to(dtype), b.to(dtype)
 
 
-def standardised(A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+class Standardised(NamedTuple):
+    """Two point sets at unit scale (see :func:`standardise`): ``x = scale * (x' + centre)``."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    scale: float
+    centre: torch.Tensor
+
+
+def standardise(A: torch.Tensor, B: torch.Tensor) -> Standardised:
     """``A`` and ``B`` divided by their largest absolute coordinate, then centred on their joint mean.
 
     A measure invariant to translation and positive scaling (MD-LSM, separability itself) sees
     the same sets at every magnitude, so its tolerances and solvers work at unit scale: sets of
     magnitude 1e200 or 1e-200 give the value they give at 1. A direction found for the result is
-    a direction for the inputs too (``w @ x`` keeps its order).
+    a direction for the inputs too (``w @ x`` keeps its order); a threshold ``c'`` on ``x' @ w``
+    is the threshold ``scale * (c' + centre @ w)`` on ``x @ w``. All-zero sets are returned as
+    they are (scale 1, centre 0).
+    """
+    scale = torch.maximum(A.abs().max(), B.abs().max())
+    if not bool(scale > 0):
+        return Standardised(A, B, 1.0, torch.zeros(A.shape[1], dtype=A.dtype, device=A.device))
+    A, B = A / scale, B / scale
+    centre = torch.cat([A, B]).mean(dim=0)
+    return Standardised(A - centre, B - centre, float(scale), centre)
+
+
+def standardised(A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two sets of :func:`standardise` (unit scale, centred on their joint mean).
 
     Examples
     --------
@@ -53,12 +76,27 @@ def standardised(A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.
     >>> a.tolist(), b.tolist()
     ([[0.5, -0.5]], [[-0.5, 0.5]])
     """
-    scale = torch.maximum(A.abs().max(), B.abs().max())
-    if not bool(scale > 0):
-        return A, B
-    A, B = A / scale, B / scale
-    centre = torch.cat([A, B]).mean(dim=0)
-    return A - centre, B - centre
+    s = standardise(A, B)
+    return s.a, s.b
+
+
+def power_of_two_scale(*tensors: torch.Tensor) -> float:
+    """A power of two ``s`` with ``max |x| / s`` in ``[1, 2)`` over the entries of ``tensors`` (1 if all are 0).
+
+    Dividing by ``s`` is exact in binary floating point (unless a result is subnormal), so a
+    solver run on ``x / s`` solves exactly the problem of ``x`` at unit scale, and results
+    multiplied back by ``s`` lose nothing unless they overflow.
+
+    Examples
+    --------
+    >>> power_of_two_scale(torch.tensor([3.0, -5.0])), power_of_two_scale(torch.zeros(2))
+    (4.0, 1.0)
+    """
+    m = max((float(t.abs().max()) for t in tensors if t.numel()), default=0.0)
+    if not m > 0:
+        return 1.0
+    _, e = math.frexp(m)            # m = f * 2**e with 0.5 <= f < 1
+    return math.ldexp(1.0, e - 1)   # 2**(e-1) <= m < 2**e; e - 1 <= 1023, never inf
 
 
 def check_direction(w: Any, d: int, device: torch.device, name: str = "w") -> torch.Tensor:

@@ -33,7 +33,7 @@ from ._search import (certified_search, check_bound_options, check_hull_argument
 from .pointsets import check_direction as _check_direction
 from .hull import HullDistance
 from .options import check_option_names, options_from_signature
-from .pointsets import check_point_sets, span_coordinates
+from .pointsets import check_point_sets, power_of_two_scale, span_coordinates, standardise
 
 __all__ = ["SubsetFraction", "separable_subset_fraction", "subset_fraction"]
 # internal API of the separability package: SubsetOptions, check_subset_options, separable_subset_core
@@ -129,7 +129,11 @@ def subset_fraction(A: Any, B: Any, w: Any) -> float:
     """
     A, B = check_point_sets(A, B)
     v = _check_direction(w, A.shape[1], A.device)
-    kept, _, _ = _best_signed_threshold(A.to(torch.float64) @ v, B.to(torch.float64) @ v)
+    A64, B64 = A.to(torch.float64), B.to(torch.float64)
+    # scores at unit scale: dividing by powers of two is exact and keeps their order (no overflow, no underflow)
+    s = power_of_two_scale(A64, B64)
+    v = v / power_of_two_scale(v)
+    kept, _, _ = _best_signed_threshold((A64 / s) @ v, (B64 / s) @ v)
     return kept / (A.shape[0] + B.shape[0])
 
 
@@ -234,6 +238,9 @@ def separable_subset_core(A: torch.Tensor, B: torch.Tensor, options: Any, hull: 
     """:func:`separable_subset_fraction` of checked sets with checked ``SubsetOptions`` and a matching ``hull``."""
     start = time.perf_counter() if start is None else start
     o = options
+    given = (A, B)
+    unit = standardise(A, B)   # the fraction is invariant to translation and scale: solve at unit scale
+    A, B = unit.a, unit.b
     n, m = A.shape[0], B.shape[0]
     total = n + m
     method = o.method
@@ -243,9 +250,34 @@ def separable_subset_core(A: torch.Tensor, B: torch.Tensor, options: Any, hull: 
         A, B, method, hull, total=total, witnesses=o.witnesses,
         approx=lambda h: _approx_subset(A, B, h, seed=o.seed, n_starts=o.n_starts, steps=o.steps),
         exact=lambda known: _exact_subset_milp(A, B, known, time_limit=o.time_limit, margin=o.margin))
+    if normal is not None:
+        offset = _offset_on_inputs(*given, normal, offset, unit, best)
     return SubsetFraction(value=best / total, lower=best / total, upper=upper / total, normal=normal,
                           offset=offset, method=method, status=status, n_a=n, n_b=m, d=A.shape[1],
                           seconds=time.perf_counter() - start)
+
+
+def _offset_on_inputs(A: torch.Tensor, B: torch.Tensor, normal: torch.Tensor, offset: float, unit: Any,
+                      kept: int) -> float:
+    """The threshold on ``x @ normal`` of the inputs that keeps ``kept`` points, from one at unit scale.
+
+    The unit-scale threshold ``c'`` maps to ``scale * (c' + centre @ normal)``; where rounding at
+    the inputs' magnitude changes the count it keeps, the best threshold along ``normal`` (same
+    orientation) on the inputs' own scores is used.
+    """
+    A64, B64 = A.to(torch.float64), B.to(torch.float64)
+    sa, sb = A64 @ normal, B64 @ normal
+    if not (bool(torch.isfinite(sa).all()) and bool(torch.isfinite(sb).all())):
+        raise OverflowError("A, B: the scores x @ normal of these point sets overflow float64; divide both sets "
+                            "by a common factor")
+    mapped = unit.scale * offset + unit.scale * float(unit.centre.to(normal) @ normal)
+    if math.isfinite(mapped) and int((sa > mapped).sum() + (sb < mapped).sum()) == kept:
+        return mapped
+    count, c = _best_threshold(sa, sb)
+    if count != kept or not math.isfinite(c):
+        raise OverflowError(f"A, B: the threshold of the separating hyperplane does not fit in float64 at the "
+                            f"magnitude of these point sets (largest {torch.finfo(torch.float64).max:.4g})")
+    return c
 
 
 def _evaluate(A64: torch.Tensor, B64: torch.Tensor, W: torch.Tensor) -> tuple[int, torch.Tensor | None, float]:
