@@ -31,8 +31,8 @@ from sepmeasure.claims import ClaimRegistry, CoMovement, Control, MonotoneTrend,
 from sepmeasure.data import LabeledData, load_dataset
 from sepmeasure.models.standard import CNN, MLP
 from sepmeasure.report import FigureSpec
-from sepmeasure.separability.heldout import held_out_probe_rows
-from sepmeasure.separability import add_relative_hull_distance, class_subsample
+from sepmeasure.separability import class_subsample
+from sepmeasure.separability.heldout import held_out_layer_rows, held_out_probe_rows
 from sepmeasure.study import Study
 from sepmeasure.training import Callback, evaluate, fit
 
@@ -112,21 +112,6 @@ def probe_rows(acts, y: torch.Tensor, table: pd.DataFrame, layers: dict[str, int
     return held_out_probe_rows(acts, y, table)
 
 
-def measure_layers(acts, y: torch.Tensor, layers: dict[str, int], pairs, seed: int, device) -> pd.DataFrame:
-    """Every measure of S1/S2 for every layer and class pair, one row each (``value`` is what the claims read)."""
-    from sepmeasure.separability import layer_separability
-
-    table = layer_separability(acts, y.to(device), measures=("md_lsm", "hull_distance"), pairs=pairs,
-                               max_per_class=None, seed=seed, device=device, held_out=HELD_OUT, progress=False)
-    probes = pd.DataFrame(probe_rows(acts, y, table, layers))
-    held = table[table["measure"] == "md_lsm"].assign(measure="md_lsm_held_out",
-                                                      value=lambda t: t["held_out_value"])
-    base = add_relative_hull_distance(table.drop(columns=["seed"], errors="ignore"), acts)
-    cols = ["layer", "class_a", "class_b", "measure", "value", "n_a", "n_b"]
-    out = pd.concat([base[cols], held[cols], probes[cols]], ignore_index=True)
-    return out.assign(layer_index=out["layer"].map(layers))
-
-
 # --------------------------------------------------------------------------------------------
 # one configuration
 
@@ -182,7 +167,8 @@ class HiddenSeparability(Callback):
     def measure(self, state):
         acts = record(state.model, self.X.to(state.device), layers=list(self.layers), pool=self.pool,
                       device=state.device, to="cpu", progress=False)
-        table = measure_layers(acts, self.y, self.layers, self.pairs, self.seed, "cpu").assign(kind="separability")
+        table = held_out_layer_rows(acts, self.y, self.pairs, self.seed, HELD_OUT, self.layers).assign(
+            kind="separability")
         acc = evaluate(Restricted(state.model, self.classes), self.acc_data, device=state.device)
         extra = pd.DataFrame([{"kind": "train_accuracy", "value": acc["accuracy"], "loss": acc["loss"]}])
         return pd.concat([table, extra], ignore_index=True)

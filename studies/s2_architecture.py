@@ -23,8 +23,8 @@ from sepmeasure.claims import ClaimRegistry, Comparison, Control, MonotoneTrend
 from sepmeasure.data import load_dataset
 from sepmeasure.models.standard import MLP
 from sepmeasure.report import FigureSpec
-from sepmeasure.separability.heldout import held_out_probe_rows
-from sepmeasure.separability import add_relative_hull_distance, class_subsample
+from sepmeasure.separability import class_subsample
+from sepmeasure.separability.heldout import held_out_layer_rows, held_out_probe_rows
 from sepmeasure.study import Study
 from sepmeasure.training import Callback, evaluate, fit
 
@@ -72,19 +72,6 @@ FULL = [
 probe_rows = held_out_probe_rows   # the held-out balanced probe of S1 and S2
 
 
-def measure_layers(acts, y: torch.Tensor, pairs, seed: int) -> pd.DataFrame:
-    """Every measure for every layer of ``acts`` and class pair, one row each (``value`` is what claims read)."""
-    from sepmeasure.separability import layer_separability
-
-    table = layer_separability(acts, y, measures=("md_lsm", "hull_distance"), pairs=pairs, max_per_class=None,
-                               seed=seed, device="cpu", held_out=HELD_OUT, progress=False)
-    probes = pd.DataFrame(probe_rows(acts, y, table))
-    held = table[table["measure"] == "md_lsm"].assign(measure="md_lsm_held_out", value=lambda t: t["held_out_value"])
-    base = add_relative_hull_distance(table.drop(columns=["seed"], errors="ignore"), acts)
-    cols = ["layer", "class_a", "class_b", "measure", "value", "n_a", "n_b"]
-    return pd.concat([base[cols], held[cols], probes[cols]], ignore_index=True)
-
-
 class MatchedAccuracy(Callback):
     """Measures the last hidden layer the first time the training accuracy reaches ``target``."""
 
@@ -118,8 +105,7 @@ def run_one(config: dict, device: str | None = None) -> pd.DataFrame:
     def measure(net, names=(last,)):
         acts = record(net, X.to(device), layers=list(names), pool="flatten", device=device, to="cpu",
                       progress=False)
-        out = measure_layers(acts, y, config["pairs"], seed)
-        return out.assign(layer_index=out["layer"].map(layers))
+        return held_out_layer_rows(acts, y, config["pairs"], seed, HELD_OUT, layers)
 
     untrained = measure(model).assign(state="untrained", train_accuracy=evaluate(model, train, device=device)
                                       ["accuracy"])

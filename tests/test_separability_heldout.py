@@ -9,7 +9,7 @@ import torch
 from sklearn.metrics import accuracy_score, roc_auc_score
 
 from sepmeasure.separability import MEASURES, hull_distance, layer_separability, linear_probe, md_lsm
-from sepmeasure.separability.heldout import HeldOutAUC, delong_interval, held_out_auc
+from sepmeasure.separability.heldout import HeldOutAUC, delong_interval, held_out_auc, held_out_layer_rows
 
 
 def gaussian_pair(seed, n=40, m=35, d=6, shift=0.5):
@@ -103,6 +103,47 @@ def test_held_out_table_rows_equal_direct_calls_on_the_split():
             else:
                 assert math.isnan(rows.loc["hull_distance", "held_out_value"])
     assert "held_out_value" not in layer_separability(acts, y, measures=("md_lsm",), progress=False).columns
+
+
+def test_held_out_layer_rows_against_direct_calls_on_the_split():
+    from sklearn.metrics import balanced_accuracy_score
+
+    from sepmeasure.separability import fit_logistic
+
+    g = torch.Generator().manual_seed(2)
+    y = torch.tensor([0] * 24 + [1] * 20 + [2] * 16)
+    X = torch.randn(60, 5, generator=g, dtype=torch.float64) + 1.1 * torch.nn.functional.one_hot(y, 5).double()
+    acts = {"x": X, "t": torch.tanh(X)}
+    out = held_out_layer_rows(acts, y, "ovr", 1, 0.3, {"x": 1, "t": 2})
+    assert list(out.columns) == ["layer", "class_a", "class_b", "measure", "value", "n_a", "n_b", "layer_index"]
+    assert sorted(set(out["measure"])) == sorted(["md_lsm", "hull_distance", "relative_hull_distance",
+                                                  "md_lsm_held_out", "linear_probe", "probe_auc"])
+    assert len(out) == 2 * 3 * 6 and set(zip(out["layer"], out["layer_index"])) == {("x", 1), ("t", 2)}
+    test_rows = layer_separability(acts, y, measures=("md_lsm",), pairs="ovr", held_out=0.3, seed=1,
+                                   progress=False).attrs["held_out_rows"]
+    test_rows = torch.tensor(sorted(test_rows))
+    train_rows = torch.tensor(sorted(set(range(60)) - set(test_rows.tolist())))
+    yt, ytr = y[test_rows], y[train_rows]
+    for layer, H in acts.items():
+        spread = math.sqrt(float(((H - H.mean(0)) ** 2).sum(1).mean()))
+        for a in range(3):
+            got = out[(out.layer == layer) & (out.class_a == a)].set_index("measure")
+            assert set(got["class_b"]) == {"rest"} and set(got["n_a"]) == {int((ytr == a).sum())}
+            A, B = H[train_rows][ytr == a], H[train_rows][ytr != a]
+            At, Bt = H[test_rows][yt == a], H[test_rows][yt != a]
+            fit = md_lsm(A, B, seed=1)
+            assert got.loc["md_lsm", "value"] == fit.value
+            s = np.r_[(At @ fit.normal).numpy(), (Bt @ fit.normal).numpy()]
+            truth = np.r_[np.ones(len(At)), np.zeros(len(Bt))]
+            assert got.loc["md_lsm_held_out", "value"] == pytest.approx(roc_auc_score(truth, s), abs=1e-12)
+            h = hull_distance(A, B).distance
+            assert got.loc["hull_distance", "value"] == pytest.approx(h, abs=1e-9)
+            assert got.loc["relative_hull_distance", "value"] == pytest.approx(h / spread, abs=1e-9)
+            w, b = fit_logistic(H[train_rows], (ytr == a).long())
+            p = (H[test_rows] @ w + b).numpy()
+            assert got.loc["linear_probe", "value"] == pytest.approx(
+                balanced_accuracy_score((yt == a).numpy(), p > 0), abs=1e-12)
+            assert got.loc["probe_auc", "value"] == pytest.approx(roc_auc_score((yt == a).numpy(), p), abs=1e-12)
 
 
 def test_held_out_bad_input():

@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["HeldOutAUC", "held_out_auc", "delong_interval"]
-# internal API of the separability package: check_test_sets, held_out_auc_core, stratified_split
+# internal API of the separability package: check_test_sets, held_out_auc_core, stratified_split;
+# the studies' held-out layer measures: held_out_layer_rows, held_out_probe_rows
 
 _Z95 = 1.959963984540054
 
@@ -251,3 +252,30 @@ def held_out_probe_rows(acts: Mapping[str, torch.Tensor], y: torch.Tensor, table
         out.append({**base, "measure": "linear_probe", "value": balanced})
         out.append({**base, "measure": "probe_auc", "value": float(auc)})
     return out
+
+
+def held_out_layer_rows(acts: Mapping[str, torch.Tensor], y: torch.Tensor, pairs: Any, seed: int,
+                        held_out: float, layers: Mapping[str, int], device: Any = "cpu") -> pd.DataFrame:
+    """MD-LSM in sample and held out, relative hull distance and the held-out probe, one row per measure.
+
+    For every layer of ``acts`` and class pair of ``pairs``
+    (:func:`~sepmeasure.separability.layer_separability` with ``measures=("md_lsm",
+    "hull_distance")``, every row of ``y``, ``held_out`` of each class set aside): the rows
+    ``md_lsm`` and ``hull_distance`` (in sample), ``relative_hull_distance``
+    (:func:`~sepmeasure.separability.add_relative_hull_distance`), ``md_lsm_held_out`` (the test
+    AUC of the MD-LSM direction, the table's ``held_out_value``) and the probe's
+    ``linear_probe`` and ``probe_auc`` (:func:`held_out_probe_rows`), with the columns
+    ``layer, class_a, class_b, measure, value, n_a, n_b`` and ``layer_index`` (``layers[layer]``).
+    """
+    import pandas as pd
+
+    from .tables import add_relative_hull_distance, layer_separability
+
+    table = layer_separability(acts, y.to(device), measures=("md_lsm", "hull_distance"), pairs=pairs,
+                               max_per_class=None, seed=seed, device=device, held_out=held_out, progress=False)
+    probes = pd.DataFrame(held_out_probe_rows(acts, y, table))
+    held = table[table["measure"] == "md_lsm"].assign(measure="md_lsm_held_out", value=lambda t: t["held_out_value"])
+    base = add_relative_hull_distance(table.drop(columns=["seed"], errors="ignore"), acts)
+    cols = ["layer", "class_a", "class_b", "measure", "value", "n_a", "n_b"]
+    out = pd.concat([base[cols], held[cols], probes[cols]], ignore_index=True)
+    return out.assign(layer_index=out["layer"].map(layers))
