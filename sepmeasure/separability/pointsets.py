@@ -117,6 +117,7 @@ class SpanCoordinates(NamedTuple):
     to_span: torch.Tensor    # (d, r): coordinates = (x - center) @ to_span
     from_span: torch.Tensor  # (r, d): a direction v in span coordinates is v @ from_span in the input
     center: torch.Tensor     # (d,)
+    from_input: torch.Tensor  # (r, d): pinv(to_span); an input direction w scores like from_input @ w
 
 
 def span_coordinates(A: torch.Tensor, B: torch.Tensor, *, whiten: bool = True,
@@ -134,24 +135,41 @@ def span_coordinates(A: torch.Tensor, B: torch.Tensor, *, whiten: bool = True,
     X = torch.cat([A, B]).to(torch.float64)
     center = X.mean(0)
     Xc = X - center
-    d = X.shape[1]
+    n, d = X.shape
     if not bool(Xc.abs().max() > 0):
         T = torch.zeros(d, 0, dtype=torch.float64, device=X.device)
         Z = Xc @ T
-        return SpanCoordinates(Z[: A.shape[0]], Z[A.shape[0]:], T, T.T.clone(), center)
-    _, S, Vh = torch.linalg.svd(Xc, full_matrices=False)
-    keep = S > rcond * S[0]
-    V = Vh[keep].T
-    T = V / (S[keep] / (Xc.shape[0] ** 0.5)) if whiten else V
+        return SpanCoordinates(Z[: A.shape[0]], Z[A.shape[0]:], T, T.T.clone(), center, T.T.clone())
+    V = S = None
+    if n >= 4 * d and n * d >= 2**20:
+        # many more points than dimensions: the eigenvectors of the d x d Gram matrix are the right
+        # singular vectors, at a fraction of the SVD's cost; used only when the spectrum is far from
+        # rank-deficient (singular values within 1e-4 of the largest, squared 1e-8: every direction
+        # is kept and the eigenvectors are accurate), otherwise the SVD decides the rank
+        scale = float(Xc.abs().max())
+        evals, evecs = torch.linalg.eigh((Xc / scale).T @ (Xc / scale))
+        if bool(evals[0] > 1e-8 * evals[-1]):
+            S = evals.flip(0).clamp_min(0).sqrt() * scale
+            V = evecs.flip(1)
+    if V is None:
+        _, S, Vh = torch.linalg.svd(Xc, full_matrices=False)
+        keep = S > rcond * S[0]
+        S, V = S[keep], Vh[keep].T
+    spread = S / (n ** 0.5)
+    T = V / spread if whiten else V
+    # pinv(T): V has orthonormal columns, so pinv(V diag(1/s)) = diag(s) V^T
+    from_input = (V * spread).T.contiguous() if whiten else V.T.contiguous()
     Z = Xc @ T
     # a direction v in span coordinates scores x as (x - c) @ T @ v, i.e. x @ (T @ v) up to a constant
-    return SpanCoordinates(Z[: A.shape[0]], Z[A.shape[0]:], T, T.T.contiguous(), center)
+    return SpanCoordinates(Z[: A.shape[0]], Z[A.shape[0]:], T, T.T.contiguous(), center, from_input)
 
 
 def to_span_direction(w: torch.Tensor, coords: SpanCoordinates) -> torch.Tensor:
-    """The span-coordinate direction that scores points like the input direction ``w``."""
+    """The span-coordinate direction that scores points like the input direction ``w``.
+
+    ``w`` is one direction (d,) or the columns of a (d x k) matrix."""
     # (x - c) @ w = (x - c) @ P @ w for x in the span, and (x - c) = z @ pinv(T); so v = pinv(T) @ w
-    return torch.linalg.pinv(coords.to_span) @ w.to(torch.float64)
+    return coords.from_input @ w.to(coords.from_input)
 
 
 def class_pairs(labels: torch.Tensor, pairs: Any, name: str = "pairs",
