@@ -25,10 +25,14 @@ import torch
 from torch.utils.data import Dataset
 
 from .inputs import check_cast, labeled_pair, read_npz
-from .validation import (check_choice, check_features, check_fraction, check_int, check_labels, check_positive, describe,
+from .validation import (check_choice, check_features, check_fraction, check_int, check_labels, check_positive,
+                         check_seed, describe,
                          did_you_mean)
 
-__all__ = ["LabeledData", "Split", "load_dataset", "load_npz", "as_dataset", "DATASETS"]
+__all__ = ["LabeledData", "Split", "load_dataset", "load_npz", "as_dataset", "DATASETS", "MAX_GENERATED_SIZE"]
+
+MAX_GENERATED_SIZE = 10 ** 7
+"""The largest ``size`` a synthetic generator is asked for (it holds every sample in memory)."""
 
 
 @dataclass(eq=False)
@@ -289,9 +293,10 @@ def load_dataset(name: str, split: str = "train", seed: int = 0, *, size: int | 
     if not isinstance(name, (str, os.PathLike)):
         raise TypeError(f"name: expected a dataset name or .npz path, got {describe(name)}")
     check_choice(split, "split", ("train", "test", "both"))
-    seed = check_int(seed, "seed", minimum=0)
+    seed = check_seed(seed, "seed")
     if size is not None:
-        size = check_int(size, "size", minimum=4)
+        size = check_int(size, "size", minimum=4, maximum=MAX_GENERATED_SIZE,
+                         why="the generators hold every sample in memory")
     if noise is not None:
         check_positive(noise, "noise", strict=False)
     test_fraction = check_fraction(test_fraction, "test_fraction")
@@ -315,7 +320,11 @@ def load_dataset(name: str, split: str = "train", seed: int = 0, *, size: int | 
         unknown = set(options) - allowed.get(name, set())
     if unknown:
         raise TypeError(f"options: dataset {name!r} takes no option(s) {sorted(unknown)}")
-    X, y = generator(size, seed, noise, **options)
+    with np.errstate(over="ignore", invalid="ignore"):  # a huge noise is refused just below, naming it
+        X, y = generator(size, seed, noise, **options)
+    if noise is not None and not np.isfinite(X).all():
+        raise ValueError(f"noise: expected a noise level whose samples stay finite in {X.dtype}, got {noise!r} "
+                         f"({int((~np.isfinite(X)).sum())} NaN/inf features)")
     how = default_std if standardize is True else (None if standardize is False else standardize)
     check_choice(how, "standardize", (None, "none", "feature", "global"))
     meta = {"dataset": name, "seed": seed, "size": len(y), "noise": noise, "test_fraction": test_fraction,
@@ -392,6 +401,10 @@ def load_npz(path: str | os.PathLike, split: str = "both", seed: int = 0, *, tes
     torch.Size([40, 3])
     """
     check_choice(split, "split", ("train", "test", "both"))
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path: expected a path to an .npz file (str or os.PathLike), got {describe(path)}")
+    seed = check_seed(seed, "seed")
+    test_fraction = check_fraction(test_fraction, "test_fraction")
     p = Path(path)
     arrays = read_npz(p, "path", optional=("X_test", "y_test"))
     name = p.stem

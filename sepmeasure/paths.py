@@ -75,6 +75,28 @@ class PathLayer:
     nonlinear: tuple[bool, ...]
     inputs: tuple[tuple[str, str], ...] = ()
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise TypeError(f"name: expected a layer name (str), got {describe(self.name)}")
+        flags = self.nonlinear
+        if isinstance(flags, (str, bytes, Mapping)) or not isinstance(flags, (Sequence, np.ndarray)):
+            raise TypeError(f"nonlinear: expected a sequence of bools (one per channel), got {describe(flags)}")
+        if not all(isinstance(f, (bool, np.bool_)) for f in flags):
+            raise TypeError(f"nonlinear: expected a sequence of bools (one per channel), got {describe(flags)}")
+        if len(flags) < 1:
+            raise ValueError(f"nonlinear: expected at least one channel flag, got {describe(flags)}")
+        inputs = self.inputs
+        if isinstance(inputs, (str, bytes, Mapping)) or not isinstance(inputs, Sequence):
+            raise TypeError(f"inputs: expected a sequence of (source layer name, kind) pairs, got {describe(inputs)}")
+        pairs = []
+        for i, branch in enumerate(inputs):
+            if (isinstance(branch, (str, bytes)) or not isinstance(branch, Sequence) or len(branch) != 2
+                    or not all(isinstance(part, str) for part in branch)):
+                raise TypeError(f"inputs[{i}]: expected a (source layer name, kind) pair of str, got {describe(branch)}")
+            pairs.append((branch[0], branch[1]))
+        object.__setattr__(self, "nonlinear", tuple(bool(f) for f in flags))
+        object.__setattr__(self, "inputs", tuple(pairs))
+
     @property
     def width(self) -> int:
         return len(self.nonlinear)

@@ -33,12 +33,16 @@ import pandas as pd
 from .report_content import (FigureEntry, ReferenceNote, compare_verdict, index_page, index_study, overall_claims,
                              render, study_page)
 from .storage import atomic_write_bytes, atomic_write_text
-from .validation import check_choice, describe
+from .validation import check_choice, check_int, check_positive, describe
 
 __all__ = ["FigureSpec", "FIGURE_KINDS", "render_figure", "write_study_report", "write_index", "write_report",
            "find_studies", "compare_verdict", "drop_csv_copies", "table_files"]
 
 FIGURE_KINDS: tuple[str, ...] = ("line", "scatter", "bar", "point", "box", "heatmap")
+
+
+MAX_FIGURE_INCHES = 100.0
+"""The tallest facet a figure may ask for (matplotlib allocates the canvas in pixels)."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,11 @@ class FigureSpec:
             raise ValueError("value: expected the heatmap's cell column, got None")
         if self.where is not None and not isinstance(self.where, Mapping):
             raise TypeError(f"where: expected a dict of column -> value(s), got {describe(self.where)}")
+        height = check_positive(self.height, "height")
+        if height > MAX_FIGURE_INCHES:
+            raise ValueError(f"height: expected at most {MAX_FIGURE_INCHES} inches per facet, got {self.height!r}")
+        if self.col_wrap is not None:
+            check_int(self.col_wrap, "col_wrap", minimum=1)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (stored in ``study.json``)."""

@@ -21,7 +21,7 @@ from ._progress import progress_bar, wanted
 from .data import LabeledData, as_dataset
 from .inputs import check_cast, dataset_batches, model_device, model_dtype, tensor_batches
 from .provenance import environment_info, seed_everything
-from .validation import check_choice, check_int, check_positive, describe
+from .validation import check_choice, check_int, check_positive, check_seed, describe
 
 __all__ = ["fit", "evaluate", "Callback", "TrainingState"]
 
@@ -42,6 +42,12 @@ class TrainingState:
         self.step = 0
         self.last_loss: float = math.nan
         self.history: list[dict[str, Any]] = []
+
+
+def _iterable(value: Any, name: str, alternatives: str) -> Iterable[Any]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise TypeError(f"{name}: expected {alternatives} an iterable of ints, got {describe(value)}")
+    return value
 
 
 class Callback:
@@ -72,10 +78,11 @@ class Callback:
     name: str | None = None
 
     def __init__(self, epochs: str | Iterable[int] | None = "all", steps: Iterable[int] | None = None) -> None:
-        if epochs is not None and epochs != "all":
-            epochs = {check_int(e, "epochs[i]", minimum=0) for e in epochs}
+        if epochs is not None and not (isinstance(epochs, str) and epochs == "all"):
+            epochs = {check_int(e, "epochs[i]", minimum=0) for e in _iterable(epochs, "epochs", '"all", None or')}
         self.epochs = epochs
-        self.steps = None if steps is None else {check_int(s, "steps[i]", minimum=1) for s in steps}
+        self.steps = None if steps is None else {check_int(s, "steps[i]", minimum=1)
+                                                 for s in _iterable(steps, "steps", "None or")}
         self.rows: list[dict[str, Any]] = []
 
     def measure(self, state: TrainingState) -> list[dict[str, Any]] | pd.DataFrame | None:
@@ -327,9 +334,13 @@ def fit(model: nn.Module, train: Any, test: Any = None, *, epochs: int = 10, lr:
     epochs = check_int(epochs, "epochs", minimum=0)
     wanted(progress)  # checks the argument before any work
     lr = check_positive(lr, "lr")
+    dtype = model_dtype(model) or torch.float32
+    if lr > torch.finfo(dtype).max:
+        raise ValueError(f"lr: expected a learning rate the model's dtype {dtype} can hold "
+                         f"(<= {torch.finfo(dtype).max:.3g}), got {lr!r}")
     check_choice(optimizer, "optimizer", ("sgd", "adam"))
     batch_size = check_int(batch_size, "batch_size", minimum=1)
-    seed = check_int(seed, "seed", minimum=0)
+    seed = check_seed(seed, "seed")
     eval_batch_size = check_int(eval_batch_size, "eval_batch_size", minimum=1)
     check_positive(weight_decay, "weight_decay", strict=False)
     check_positive(momentum, "momentum", strict=False)

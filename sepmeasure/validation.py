@@ -20,6 +20,8 @@ __all__ = [
     "check_labels",
     "check_positive",
     "check_int",
+    "check_seed",
+    "MAX_SEED",
     "check_probability",
     "check_fraction",
     "compile_name_pattern",
@@ -173,13 +175,26 @@ def check_choice(value: Any, name: str, choices: Iterable[Any]) -> Any:
     return value
 
 
-def check_int(value: Any, name: str, *, minimum: int | None = None) -> int:
-    """Check an integer argument (bools are refused)."""
+def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None,
+              why: str = "") -> int:
+    """Check an integer argument (bools are refused); ``why`` says where ``maximum`` comes from."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name}: expected an int, got {describe(value)}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        reason = f" ({why})" if why else ""
+        raise ValueError(f"{name}: expected an int <= {maximum}{reason}, got {value}")
     return int(value)
+
+
+MAX_SEED = 2 ** 63 - 1
+"""The largest seed: torch and NumPy take seeds within int64."""
+
+
+def check_seed(value: Any, name: str = "seed") -> int:
+    """Check a random seed: an int in ``[0, 2**63 - 1]``."""
+    return check_int(value, name, minimum=0, maximum=MAX_SEED, why="seeds are int64")
 
 
 def check_positive(value: Any, name: str, *, strict: bool = True) -> float:

@@ -54,7 +54,16 @@ def test_alignment_matches_hand_computation(device):
     assert kernel_alignment(k, k2) == pytest.approx(hand_centred_alignment(kk, k2.cpu().numpy()), rel=1e-12)
     # centring removes a constant offset: the centred alignment of K + c·11ᵀ is that of K
     assert kernel_alignment(k + 3.0, k2) == pytest.approx(kernel_alignment(k, k2), rel=1e-10)
-    assert math.isnan(kernel_target_alignment(k, torch.zeros(6, dtype=torch.long, device=device)))
+    # one class: the centred target kernel is zero, the alignment undefined: refused, not NaN
+    one = torch.zeros(6, dtype=torch.long, device=device)
+    with pytest.raises(ValueError, match="y: expected at least 2 distinct classes"):
+        kernel_target_alignment(k, one)
+    with pytest.raises(ValueError, match="y: expected at least 2 distinct classes"):
+        kernel_diagnostics(k, one)
+    # uncentred, one class is defined: <K, 11^T> / (|K| n)
+    kd = k.double()
+    assert kernel_target_alignment(k, one, centered=False) == pytest.approx(
+        float(kd.sum() / (kd.norm() * 6)), rel=1e-12)
 
 
 def test_kernel_distance_closed_forms(device):
@@ -257,3 +266,49 @@ def test_kernel_velocity_names_bad_epochs():
         kernel_velocity([k, k], ["a", "b"])
     with pytest.raises(ValueError, match="epochs: expected finite times"):
         kernel_velocity([k, k], [0.0, float("nan")])
+
+
+@pytest.mark.parametrize("scale", [1e-200, 1e-30, 1e30, 1e200])
+def test_alignment_and_distance_at_extreme_magnitudes(scale):
+    """Kernels scaled by 1e±200 give the unit-scale values (they gave 0, 1 or NaN: norms over- or
+    underflowed); the unit-scale values checked by hand in float64."""
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    k1, k2 = a @ a.T, b @ b.T
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    h = torch.eye(6, dtype=torch.float64) - 1 / 6
+    c1, c2 = h @ k1 @ h, h @ k2 @ h
+    aligned = float((c1 * c2).sum() / (c1.norm() * c2.norm()))
+    dist = 1 - float((k1 * k2).sum() / (k1.norm() * k2.norm()))
+    assert kernel_alignment(k1 * scale, k2) == pytest.approx(aligned, rel=1e-10)
+    assert kernel_alignment(k1, k2 * scale) == pytest.approx(aligned, rel=1e-10)
+    assert kernel_distance(k1 * scale, k2 * scale) == pytest.approx(dist, rel=1e-8)
+    assert kernel_target_alignment(k1 * scale, y) == pytest.approx(kernel_target_alignment(k1, y), rel=1e-10)
+    table = kernel_diagnostics(k1 * scale, y, previous=k2, initial=k2 * scale, elapsed=2.0).set_index("measure")
+    assert table.value.map(math.isfinite).all()
+    assert table.value["distance_to_previous"] == pytest.approx(dist, rel=1e-8)
+    assert table.value["kernel_velocity"] == pytest.approx(dist / 2, rel=1e-8)
+    assert table.value["effective_rank"] == pytest.approx(effective_rank(k1), rel=1e-10)
+
+
+def test_ambiguous_targets_and_velocity_inputs_are_refused():
+    k = torch.eye(4)
+    with pytest.raises(ValueError, match=r"y: expected 1-D class labels .* integer"):
+        kernel_target_alignment(k, torch.tensor([[0], [1], [0], [1]]))
+    with pytest.raises(ValueError, match=r"y: expected 1-D class labels"):
+        kernel_diagnostics(k, torch.tensor([[0], [1], [0], [1]]))
+    # a float one-column target stays a target
+    assert math.isfinite(kernel_target_alignment(k + 1, torch.tensor([[0.0], [1.0], [0.0], [2.0]])))
+    with pytest.raises(TypeError, match="kernels: expected a sequence"):
+        kernel_velocity("abc", [0, 1, 2])
+    with pytest.raises(ValueError, match="kernels: expected at least 2 kernels"):
+        kernel_velocity([], [])
+    with pytest.raises(ValueError, match=r"kernels\[0\], kernels\[1\]: kernel2: expected shape"):
+        kernel_velocity([k, torch.eye(3)], [0, 1])
+    with pytest.raises(ValueError, match="y: expected 4 labels .one per row of x."):
+        KernelDiagnostics("ntk", x=torch.randn(4, 2), y=torch.tensor([0, 1, 0]))
+    with pytest.raises(ValueError, match="y: expected at least 2 distinct classes"):
+        KernelDiagnostics("ntk", x=torch.randn(4, 2), y=torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="x: expected a batch of inputs"):
+        KernelDiagnostics("ntk", x=torch.randn(4), y=torch.tensor([0, 1, 0, 1]))

@@ -14,7 +14,7 @@ from ..validation import check_int, check_probability, describe
 from .control import Control
 from .results import ClaimResult
 from .rows import Where, describe_rows, select_rows
-from .verdicts import COMBINATION_RULE, bootstrap_interval, combine_with_reason, decide, verdict_split
+from .verdicts import MAX_RESAMPLES, COMBINATION_RULE, bootstrap_interval, combine_with_reason, decide, verdict_split
 
 
 def _as_tuple(value: Any, name: str) -> tuple[str, ...]:
@@ -120,7 +120,8 @@ class Claim:
         check_probability(self.confidence, "confidence")
         if not 0 < self.confidence < 1:
             raise ValueError(f"confidence: expected a number strictly between 0 and 1, got {self.confidence!r}")
-        check_int(self.n_boot, "n_boot", minimum=10)
+        check_int(self.n_boot, "n_boot", minimum=10, maximum=MAX_RESAMPLES,
+                  why="each resample of the seeds is held in memory")
         check_int(self.random_state, "random_state", minimum=0)
         check_int(self.min_seeds, "min_seeds", minimum=1)
         if self.control is not None and not isinstance(self.control, Control):
@@ -345,7 +346,7 @@ class Claim:
         values = np.array(list(per_seed.values()), dtype=float)
         n = int(values.size)
         effect = float(values.mean()) if n else math.nan
-        spread = float(values.std(ddof=1)) if n > 1 else math.nan
+        spread = _sample_std(values) if n > 1 else math.nan
         lower, upper = bootstrap_interval(values, n_boot=self.n_boot, confidence=self.confidence,
                                           random_state=self.random_state)
         direction, bound, partial = self._decision()
@@ -365,6 +366,17 @@ class Claim:
             caveat=self.caveat, control=self.control_text,
             baseline=float(np.mean(list(baselines.values()))) if baselines else math.nan,
             not_supported_if=self.failure_condition)
+
+
+def _sample_std(values: np.ndarray) -> float:
+    """The sample standard deviation (ddof=1), computed on deviations divided by the largest one so
+    that effects of any magnitude (a relative error against a tiny reference, 1e299) do not
+    overflow when squared."""
+    dev = values - values.mean()
+    top = float(np.abs(dev).max())
+    if top == 0.0 or not math.isfinite(top):
+        return float(values.std(ddof=1))
+    return top * float((dev / top).std(ddof=1))
 
 
 def check_column_name(value: Any, name: str) -> str:

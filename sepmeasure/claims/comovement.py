@@ -12,6 +12,7 @@ from scipy import stats
 
 from ..validation import check_choice, check_int, check_positive
 from .base import Claim, check_column_name, check_real_number
+from .verdicts import MAX_RESAMPLES
 
 
 def sign_agreement(da: np.ndarray, db: np.ndarray, tol: float = 0.0) -> tuple[float, float, int]:
@@ -126,7 +127,8 @@ class CoMovement(Claim):
         if self.partial is not None:
             check_real_number(self.partial, "partial")
         check_positive(self.tol, "tol", strict=False)
-        check_int(self.n_perm, "n_perm", minimum=0)
+        check_int(self.n_perm, "n_perm", minimum=0, maximum=MAX_RESAMPLES,
+                  why="every permutation of a series is held in memory")
 
     def _columns(self) -> tuple[str, ...]:
         return (self.a, self.b, self.time)

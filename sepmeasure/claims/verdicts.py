@@ -17,6 +17,11 @@ COMBINATION_RULE: str = (
 """The rule that combines per-group verdicts into a claim's verdict, as every report prints it."""
 
 
+MAX_RESAMPLES = 10 ** 6
+"""The most bootstrap resamples (``n_boot``) or permutations (``n_perm``) a claim may ask for: each
+is held in memory at once (10**6 resamples of 10 seeds are 80 MB)."""
+
+
 def bootstrap_interval(values: Sequence[float], *, n_boot: int = 2000, confidence: float = 0.95,
                        random_state: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values`` (resampled with replacement).

@@ -60,18 +60,38 @@ def _symmetric(kernel: Any, name: str) -> tuple[torch.Tensor, float]:
     return (k + k.T) / 2, eps
 
 
-def _targets(y: Any, n: int, name: str, device: torch.device) -> torch.Tensor:
-    """Labels ``(n,)`` → one-hot ``(n, C)``; targets ``(n, C)`` as given (float64)."""
+def _targets(y: Any, n: int, name: str, device: torch.device, *, n_name: str = "the kernel",
+             min_classes: int = 2) -> torch.Tensor:
+    """Labels ``(n,)`` → one-hot ``(n, C)``; targets ``(n, C)`` as given (float64).
+
+    Labels need ``min_classes`` distinct classes: the centred target kernel of a single class
+    is zero, so its alignment is undefined. An integer ``(n, 1)`` matrix is refused as
+    ambiguous (labels with an extra axis, or a one-column integer target?).
+    """
     t = as_tensor(y, name, device=device)
     if t.ndim == 1:
-        labels = check_labels(t, name, n=n, n_name="the kernel's rows")
-        if bool((labels < 0).any()):
-            raise ValueError(f"{name}: expected non-negative class labels, got min {int(labels.min())}")
+        labels = check_labels(t, name, n=n, n_name=n_name)
+        n_classes = int(torch.unique(labels).numel())
+        if n_classes < min_classes:
+            raise ValueError(f"{name}: expected at least {min_classes} distinct classes (the centred target "
+                             f"kernel of one class is zero, its alignment undefined), got {n_classes}")
         return nn.functional.one_hot(labels, int(labels.max()) + 1).double()
+    if t.ndim == 2 and t.shape[1] == 1 and not t.is_floating_point():
+        raise ValueError(f"{name}: expected 1-D class labels (n,) or a float target matrix (n, C), got an integer "
+                         f"{describe(t)}; pass labels as y.reshape(-1) or targets as float")
     t = check_features(t, name, ndim=2)
     if t.shape[0] != n:
-        raise ValueError(f"{name}: expected {n} rows (one per kernel row), got {describe(t)}")
+        raise ValueError(f"{name}: expected {n} rows (one per row of {n_name}), got {describe(t)}")
     return t.double()
+
+
+def _unit(k: torch.Tensor) -> torch.Tensor:
+    """``k`` divided by a power of two near its largest magnitude (exact), so that products and
+    norms of kernels of magnitude 1e-200..1e200 neither overflow nor underflow."""
+    top = float(k.abs().max()) if k.numel() else 0.0
+    if top == 0.0 or not math.isfinite(top):
+        return k
+    return k * 2.0 ** -math.frexp(top)[1]
 
 
 def _centre(k: torch.Tensor) -> torch.Tensor:
@@ -80,13 +100,15 @@ def _centre(k: torch.Tensor) -> torch.Tensor:
 
 
 def _alignment(k: torch.Tensor, target: torch.Tensor, centered: bool) -> float:
+    k, target = _unit(k), _unit(target)
     if centered:
-        k, target = _centre(k), _centre(target)
+        k, target = _unit(_centre(k)), _unit(_centre(target))
     denom = float(k.norm() * target.norm())
     return float((k * target).sum()) / denom if denom > 0 else math.nan
 
 
 def _distance(k1: torch.Tensor, k2: torch.Tensor) -> float:
+    k1, k2 = _unit(k1), _unit(k2)
     denom = float(k1.norm() * k2.norm())
     return 1.0 - float((k1 * k2).sum()) / denom if denom > 0 else math.nan
 
@@ -176,7 +198,8 @@ def kernel_target_alignment(kernel: torch.Tensor, y: torch.Tensor, *, centered: 
     Returns
     -------
     float
-        NaN when the centred kernel or target is zero (e.g. a single class).
+        NaN when the centred kernel is zero (a constant kernel). Kernels of any magnitude
+        (1e-200..1e200) give the alignment of the unit-scale kernel.
 
     Raises
     ------
@@ -187,7 +210,9 @@ def kernel_target_alignment(kernel: torch.Tensor, y: torch.Tensor, *, centered: 
     ValueError
         ``kernel`` is not a square 2-D matrix, is empty or has NaN/inf entries; ``y`` is neither
         1-D nor 2-D, or does not have one entry (row) per kernel row; labels are non-integer or
-        negative; targets have NaN/inf entries.
+        negative, or (``centered``) of one class only; ``y`` is an integer ``(n, 1)`` matrix
+        (labels with an extra axis or a one-column target: ambiguous); targets have NaN/inf
+        entries.
 
     Examples
     --------
@@ -197,7 +222,7 @@ def kernel_target_alignment(kernel: torch.Tensor, y: torch.Tensor, *, centered: 
     1.0
     """
     k = _square(kernel, "kernel")
-    target = _targets(y, k.shape[0], "y", k.device)
+    target = _targets(y, k.shape[0], "y", k.device, min_classes=2 if centered else 1)
     return _alignment(k, target @ target.T, bool(centered))
 
 
@@ -360,10 +385,10 @@ def kernel_velocity(kernels: Sequence[torch.Tensor], epochs: Sequence[float]) ->
         ``kernels`` is a tensor or not a sequence; a kernel is not a tensor, array or nested list
         of real numbers.
     ValueError
-        ``epochs`` is not a sequence (a string counts as none) of one number per kernel, or its
-        times do not increase strictly; a kernel is 0-D, empty or has NaN/inf entries, or has
-        another shape than the one before it (the message names the pair ``kernel1``,
-        ``kernel2``).
+        Fewer than 2 kernels; ``epochs`` is not a sequence (a string counts as none) of one
+        number per kernel, or its times do not increase strictly; a kernel is 0-D, empty or has
+        NaN/inf entries, or has another shape than the one before it (the message names the pair
+        ``kernels[i-1], kernels[i]``, then ``kernel1``/``kernel2`` as in :func:`kernel_distance`).
 
     Examples
     --------
@@ -371,8 +396,11 @@ def kernel_velocity(kernels: Sequence[torch.Tensor], epochs: Sequence[float]) ->
     >>> kernel_velocity([k, k, 2 * k + 1], [0, 1, 3])[["epoch", "value"]].shape
     (2, 2)
     """
-    if isinstance(kernels, torch.Tensor) or not isinstance(kernels, Sequence):
+    if isinstance(kernels, (torch.Tensor, str, bytes)) or not isinstance(kernels, Sequence):
         raise TypeError(f"kernels: expected a sequence of kernel tensors, got {describe(kernels)}")
+    if len(kernels) < 2:
+        raise ValueError(f"kernels: expected at least 2 kernels (the velocity is between consecutive ones), "
+                         f"got {len(kernels)}")
     if isinstance(epochs, (str, bytes)) or not isinstance(epochs, Sequence) or len(epochs) != len(kernels):
         raise ValueError(f"epochs: expected a sequence of {len(kernels)} numbers (one per kernel), "
                          f"got {describe(epochs)}")
@@ -386,7 +414,10 @@ def kernel_velocity(kernels: Sequence[torch.Tensor], epochs: Sequence[float]) ->
         raise ValueError(f"epochs: expected strictly increasing times, got {times}")
     rows = []
     for i in range(1, len(kernels)):
-        d = kernel_distance(kernels[i - 1], kernels[i])
+        try:
+            d = kernel_distance(kernels[i - 1], kernels[i])
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"kernels[{i - 1}], kernels[{i}]: {exc}") from exc
         rows.append({"measure": "kernel_velocity", "epoch_from": times[i - 1], "epoch": times[i],
                      "distance": d, "value": d / (times[i] - times[i - 1])})
     return pd.DataFrame(rows, columns=["measure", "epoch_from", "epoch", "distance", "value"])
@@ -395,7 +426,7 @@ def kernel_velocity(kernels: Sequence[torch.Tensor], epochs: Sequence[float]) ->
 def _kernel_rows(kernel: torch.Tensor, eps: float, targets: torch.Tensor | None, previous: torch.Tensor | None,
                  initial: torch.Tensor | None, elapsed: float | None) -> list[dict[str, Any]]:
     """The rows of :func:`kernel_diagnostics` and :class:`KernelDiagnostics` (one compute function)."""
-    k = kernel.double()
+    k = _unit(kernel.double())
     rows = []
     if targets is not None:
         rows.append({"measure": "alignment", "value": _alignment(k, targets @ targets.T, True)})
@@ -530,7 +561,9 @@ class KernelDiagnostics(Callback):
         if (x is None) != (y is None):
             raise ValueError(f"y: expected x and y to be given together, got x={describe(x)} and y={describe(y)}")
         self._x = None if x is None else check_features(x, "x", ndim=None)
-        self._y = None if y is None else _targets(y, self._x.shape[0], "y", self._x.device).cpu()
+        if self._x is not None and self._x.ndim < 2:
+            raise ValueError(f"x: expected a batch of inputs (n, ...), at least 2-D, got {describe(self._x)}")
+        self._y = None if y is None else _targets(y, self._x.shape[0], "y", self._x.device, n_name="x").cpu()
         self._given = x is not None
         self._previous: tuple[float, torch.Tensor] | None = None
         self._initial: torch.Tensor | None = None
@@ -551,7 +584,8 @@ class KernelDiagnostics(Callback):
             xs = torch.stack([torch.as_tensor(it[0]) for it in items])
             ys = torch.as_tensor([int(it[1]) for it in items])
         self._x = xs.detach().cpu()
-        self._y = _targets(ys.cpu(), xs.shape[0], "train labels", torch.device("cpu"))
+        # a subset drawn from the training data may hold one class: its alignment rows are NaN
+        self._y = _targets(ys.cpu(), xs.shape[0], "train labels", torch.device("cpu"), min_classes=1)
 
     def measure(self, state: TrainingState) -> list[dict[str, Any]]:
         model = state.model

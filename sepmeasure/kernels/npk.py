@@ -142,15 +142,17 @@ def _gate_source(model: nn.Module) -> _ReLUNetwork | _GatedNetwork:
     return _GatedNetwork(model) if all(protocol) else _ReLUNetwork(model)
 
 
-def _check_inputs(model: nn.Module, x1: Any, x2: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _check_inputs(model: nn.Module, x1: Any, x2: Any, name1: str = "x1",
+                  name2: str = "x2") -> tuple[torch.Tensor, torch.Tensor | None]:
     ref = next(iter(model.parameters()), None)
-    x1 = check_features(x1, "x1", ndim=None)
+    x1 = check_features(x1, name1, ndim=None)
     if x2 is not None:
-        x2 = check_features(x2, "x2", ndim=None)
+        x2 = check_features(x2, name2, ndim=None)
         if x2.shape[1:] != x1.shape[1:]:
-            raise ValueError(f"x2: expected samples of shape {tuple(x1.shape[1:])} like x1, got {describe(x2)}")
+            raise ValueError(f"{name2}: expected samples of shape {tuple(x1.shape[1:])} like {name1}, "
+                             f"got {describe(x2)}")
     if ref is not None:
-        for name, x in (("x1", x1), ("x2", x2)):
+        for name, x in ((name1, x1), (name2, x2)):
             if x is not None and (x.device != ref.device or x.dtype != ref.dtype):
                 raise TypeError(f"{name}: expected a {ref.dtype} tensor on {ref.device} like the model's "
                                 f"parameters, got {describe(x)}")
@@ -219,7 +221,7 @@ def network_gates(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     {'layers.0.act': (3, 8), 'layers.1.act': (3, 6)}
     """
     source = _gate_source(model)
-    x, _ = _check_inputs(model, x, None)
+    x, _ = _check_inputs(model, x, None, "x")
     gates = _all_gates(source, x, "x")
     return dict(zip(source.names, gates))
 
@@ -361,7 +363,14 @@ def neural_path_kernel(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | No
         return _npk_block(source, x1[a], [g[a] for g in g1], xs[b], [g[b] for g in g2])
 
     fill_blocks(grid, sink, local_producer(block), desc="npk")
-    return sink.result
+    out = sink.result
+    if not bool(torch.isfinite(out).all()):
+        # finite inputs and gates in [0, 1]: only the value-input products can overflow
+        top = max(float(x1.abs().max()), float(xs.abs().max()))
+        raise ValueError(f"x1, x2: the neural path kernel overflows {out.dtype} (max {torch.finfo(out.dtype).max:.3g}) "
+                         f"for inputs of magnitude up to {top:.3g}; rescale the inputs (the kernel is quadratic in "
+                         f"them) or use float64")
+    return out
 
 
 # ----------------------------------------------------------------------------
