@@ -2,8 +2,11 @@
 from .gated import DGN, DLGN, BetaAnnealing, EffectiveHalfSpaces, GatedNetwork, effective_halfspaces
 from .linearizable import (LinearizablePReLU, LinearizationSchedule, SparsityPrior, make_linearizable,
                            nonlinear_fraction, snap_linear)
-from .masked import (FoldedCNN, FoldedMLP, FoldReport, LinearityMask, MaskPenalty, apply_masks, fold,
-                     linear_fraction)
+from .folded import FoldReport, fold
+from .folded_cnn import FoldedCNN
+from .folded_mlp import FoldedMLP
+from .linearity_mask import LinearityMask
+from .masked import MaskPenalty, apply_masks, linear_fraction
 from .standard import ACTIVATIONS, CNN, MLP, GlobalAvgPool, PreActBlock, ResNet, make_activation
 
 __all__ = [

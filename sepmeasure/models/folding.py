@@ -1,8 +1,9 @@
 """Folding the linear units of any traced masked model (:func:`~sepmeasure.models.fold`).
 
 The package's own masked ``MLP`` and ``CNN`` have exact dedicated folds (composed shortcuts,
-a linear stream; see :mod:`sepmeasure.models.masked`). Any other masked model is folded on
-its traced graph (:mod:`sepmeasure.graph`), each :class:`LinearityMask` on its own:
+a linear stream; see :mod:`sepmeasure.models.folded_mlp` and :mod:`sepmeasure.models.folded_cnn`).
+Any other masked model is folded on its traced graph (:mod:`sepmeasure.graph`), each
+:class:`LinearityMask` on its own:
 
 * every unit non-linear: the mask is replaced by its activation;
 * every unit linear, between two ``Linear`` layers (possibly with a batch norm in eval mode
@@ -26,6 +27,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..graph import trace_model
+from .layers import along_channels
 
 __all__ = ["PartialActivation", "fold_traced"]
 
@@ -45,10 +47,7 @@ class PartialActivation(nn.Module):
         return self.nonlinear.clone()
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        m = self.nonlinear
-        if self.channel_axis == 1:
-            m = m.reshape(1, -1, *([1] * (z.ndim - 2)))
-        return torch.where(m, self.activation(z), z)
+        return torch.where(along_channels(self.nonlinear, z, self.channel_axis), self.activation(z), z)
 
 
 def _single_user(node: fx.Node) -> fx.Node | None:

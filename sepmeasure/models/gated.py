@@ -43,7 +43,8 @@ from torch import nn
 
 from ..training import Callback, TrainingState
 from ..validation import check_choice, check_int, describe
-from .standard import CNN, MLP, GlobalAvgPool, _add_channel_axis, _check_widths, _conv
+from .layers import add_channel_axis, check_widths, make_conv
+from .standard import CNN, MLP, GlobalAvgPool
 
 __all__ = ["DGN", "DLGN", "GatedNetwork", "BetaAnnealing", "EffectiveHalfSpaces", "effective_halfspaces"]
 
@@ -79,8 +80,7 @@ class _Stack(nn.Module):
             self.layers = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in zip(fan_in, sizes[1:]))
         else:
             self.layers = nn.ModuleList(
-                _conv(dim)(a, b, kernel_size, stride=stride, padding=kernel_size // 2, bias=bias,
-                           padding_mode=padding_mode)
+                make_conv(dim, a, b, kernel_size, stride=stride, bias=bias, padding_mode=padding_mode)
                 for a, b in zip(fan_in, sizes[1:]))
 
 
@@ -117,7 +117,7 @@ class GatedNetwork(nn.Module):
         check_choice(arch, "arch", ARCHS)
         in_features = check_int(in_features, "in_features", minimum=1)
         out_features = check_int(out_features, "out_features", minimum=1)
-        widths = _check_widths(widths, "widths")
+        widths = check_widths(widths, "widths")
         if not widths:
             raise ValueError("widths: expected at least one gated layer, got an empty sequence")
         check_choice(gate, "gate", GATES)
@@ -206,7 +206,7 @@ class GatedNetwork(nn.Module):
                 raise ValueError(f"{name}: expected a batch of inputs with {self.in_features} features each, "
                                  f"got {describe(x)}")
             return x.reshape(x.shape[0], -1)
-        x = _add_channel_axis(x, self.dim)
+        x = add_channel_axis(x, self.dim)
         if x.ndim != self.dim + 2 or x.shape[1] != self.in_features:
             raise ValueError(f"{name}: expected a batch of shape (N, {self.in_features}, "
                              f"{', '.join(['L'] * self.dim)}) (or without the channel axis when it is 1), "

@@ -10,7 +10,6 @@ switches the prior on at a chosen epoch (early vs late linearization).
 """
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterable
 
@@ -20,6 +19,7 @@ from torch import nn
 
 from ..training import Callback, TrainingState
 from ..validation import check_int, check_positive, describe
+from .layers import along_channels, check_channel_axis, check_channels, modules_of_type
 from .sites import ActivationSite, replace_sites, resolve_sites
 
 __all__ = ["LinearizablePReLU", "SparsityPrior", "LinearizationSchedule", "make_linearizable", "snap_linear",
@@ -56,9 +56,7 @@ class LinearizablePReLU(nn.Module):
     def __init__(self, channels: int, init: float = 0.0, channel_axis: int = 1) -> None:
         super().__init__()
         self.channels = check_int(channels, "channels", minimum=1)
-        if channel_axis not in (1, -1) or isinstance(channel_axis, bool):
-            raise ValueError(f"channel_axis: expected 1 or -1, got {channel_axis!r}")
-        self.channel_axis = channel_axis
+        self.channel_axis = check_channel_axis(channel_axis)
         if isinstance(init, bool) or not isinstance(init, (int, float)) or not math.isfinite(init):
             raise TypeError(f"init: expected a finite real number, got {describe(init)}")
         self.slope = nn.Parameter(torch.full((self.channels,), float(init)))
@@ -96,12 +94,8 @@ class LinearizablePReLU(nn.Module):
         return int(close.sum())
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if z.ndim < 2 or z.shape[self.channel_axis] != self.channels:
-            want = f"(N, {self.channels}, ...)" if self.channel_axis == 1 else f"(N, ..., {self.channels})"
-            raise ValueError(f"z: expected a tensor of shape {want}, got {describe(z)}")
-        alpha = self.effective_slope().to(z.dtype)
-        if self.channel_axis == 1:
-            alpha = alpha.reshape(1, self.channels, *([1] * (z.ndim - 2)))
+        check_channels(z, self.channels, self.channel_axis)
+        alpha = along_channels(self.effective_slope().to(z.dtype), z, self.channel_axis)
         return torch.where(z >= 0, z, alpha * z)
 
     def extra_repr(self) -> str:
@@ -110,13 +104,7 @@ class LinearizablePReLU(nn.Module):
 
 
 def _units(model: nn.Module) -> list[tuple[str, LinearizablePReLU]]:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected an nn.Module, got {describe(model)}")
-    units = [(n, m) for n, m in model.named_modules() if isinstance(m, LinearizablePReLU)]
-    if not units:
-        raise ValueError(f"model: expected a model with LinearizablePReLU activations (see make_linearizable), "
-                         f"got {type(model).__name__} without any")
-    return units
+    return modules_of_type(model, LinearizablePReLU, "LinearizablePReLU activations (see make_linearizable)")
 
 
 class SparsityPrior:

@@ -19,7 +19,8 @@ import torch
 import torch.fx
 from torch import nn
 
-from ..validation import check_choice, check_int, describe
+from ..validation import check_choice, check_int
+from .layers import add_channel_axis, check_widths, make_conv
 
 __all__ = ["ACTIVATIONS", "make_activation", "MLP", "CNN", "ResNet", "GlobalAvgPool"]
 
@@ -80,12 +81,6 @@ class IdentityActivation(nn.Identity):
     graph_leaf = True
 
 
-def _check_widths(widths: Sequence[int], name: str) -> list[int]:
-    if isinstance(widths, int) or not isinstance(widths, Sequence):
-        raise TypeError(f"{name}: expected a sequence of ints (one per hidden layer), got {describe(widths)}")
-    return [check_int(w, f"{name}[{i}]", minimum=1) for i, w in enumerate(widths)]
-
-
 class GlobalAvgPool(nn.Module):
     """Mean over every axis after the channel axis: ``(N, C, ...) -> (N, C)``."""
 
@@ -132,7 +127,7 @@ class MLP(nn.Module):
         super().__init__()
         in_features = check_int(in_features, "in_features", minimum=1)
         out_features = check_int(out_features, "out_features", minimum=1)
-        widths = _check_widths(widths, "widths")
+        widths = check_widths(widths, "widths")
         check_choice(activation, "activation", ACTIVATIONS)
         self.config = {"model": "MLP", "in_features": in_features, "widths": list(widths),
                        "out_features": out_features, "activation": activation, "bias": bias}
@@ -147,30 +142,19 @@ class MLP(nn.Module):
         return self.head(x)
 
 
-def _conv(dim: int):
-    return {1: nn.Conv1d, 2: nn.Conv2d}[dim]
-
-
 class _ConvBlock(nn.Module):
     def __init__(self, dim: int, c_in: int, c_out: int, kernel_size: int, stride: int, activation: str, bias: bool,
                  padding_mode: str) -> None:
         super().__init__()
-        self.conv = _conv(dim)(c_in, c_out, kernel_size, stride=stride, padding=kernel_size // 2, bias=bias,
-                               padding_mode=padding_mode)
+        self.conv = make_conv(dim, c_in, c_out, kernel_size, stride=stride, bias=bias, padding_mode=padding_mode)
         self.act = make_activation(activation, c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.conv(x))
 
 
-def _add_channel_axis(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """``(N, L) -> (N, 1, L)`` for 1-D and ``(N, H, W) -> (N, 1, H, W)`` for 2-D inputs."""
-    return x.unsqueeze(1) if x.ndim == dim + 1 else x
-
-
-# One node of the traced graph (sepmeasure.graph): a reshape, not control flow to trace through.
-_add_channel_axis.graph_reshape = True
-torch.fx.wrap("_add_channel_axis")
+# One node of the traced graph (sepmeasure.graph): torch.fx.wrap patches this module's name.
+torch.fx.wrap("add_channel_axis")
 
 
 class CNN(nn.Module):
@@ -195,7 +179,7 @@ class CNN(nn.Module):
         super().__init__()
         in_channels = check_int(in_channels, "in_channels", minimum=1)
         out_features = check_int(out_features, "out_features", minimum=1)
-        channels = _check_widths(channels, "channels")
+        channels = check_widths(channels, "channels")
         if not channels:
             raise ValueError("channels: expected at least one conv layer, got an empty sequence")
         check_choice(dim, "dim", (1, 2))
@@ -215,7 +199,7 @@ class CNN(nn.Module):
         self.head = nn.Linear(sizes[-1], out_features, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _add_channel_axis(x, self.dim)
+        x = add_channel_axis(x, self.dim)
         for layer in self.layers:
             x = layer(x)
         return self.head(self.pool(x))
@@ -228,15 +212,14 @@ class PreActBlock(nn.Module):
                  padding_mode: str, branch_scale: float) -> None:
         super().__init__()
         bn = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}[dim]
-        conv = _conv(dim)
         if norm == "batch":
             self.norm1 = bn(width)
         self.act1 = make_activation(activation, width)
-        self.conv1 = conv(width, width, kernel_size, padding=kernel_size // 2, bias=bias, padding_mode=padding_mode)
+        self.conv1 = make_conv(dim, width, width, kernel_size, bias=bias, padding_mode=padding_mode)
         if norm == "batch":
             self.norm2 = bn(width)
         self.act2 = make_activation(activation, width)
-        self.conv2 = conv(width, width, kernel_size, padding=kernel_size // 2, bias=bias, padding_mode=padding_mode)
+        self.conv2 = make_conv(dim, width, width, kernel_size, bias=bias, padding_mode=padding_mode)
         with torch.no_grad():
             self.conv2.weight.mul_(branch_scale)
 
@@ -281,8 +264,7 @@ class ResNet(nn.Module):
         self.config = {"model": "ResNet", "in_channels": in_channels, "width": width, "n_blocks": n_blocks,
                        "out_features": out_features, "dim": dim, "kernel_size": kernel_size,
                        "activation": activation, "bias": bias, "norm": norm, "padding_mode": padding_mode}
-        self.stem = _conv(dim)(in_channels, width, kernel_size, padding=kernel_size // 2, bias=bias,
-                               padding_mode=padding_mode)
+        self.stem = make_conv(dim, in_channels, width, kernel_size, bias=bias, padding_mode=padding_mode)
         scale = 1.0 / math.sqrt(max(n_blocks, 1))
         self.blocks = nn.ModuleList(
             PreActBlock(dim, width, kernel_size, activation, bias, norm, padding_mode, scale) for _ in range(n_blocks))
@@ -291,7 +273,7 @@ class ResNet(nn.Module):
         self.head = nn.Linear(width, out_features, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(_add_channel_axis(x, self.dim))
+        x = self.stem(add_channel_axis(x, self.dim))
         for block in self.blocks:
             x = block(x)
         return self.head(self.pool(self.act(x)))
