@@ -1,0 +1,334 @@
+"""Batched rounds of the native hull solver: the working-set problems of all pairs in one solve.
+
+Internal module of :mod:`sepmeasure.separability.hull`. The pairs of one pool (for instance
+the 45 one-vs-one pairs of a layer) run the rounds of the working-set method together, with
+no Python loop over pairs:
+
+* the working sets are padded to one size ``K`` (a mask marks the entries in use) and their
+  Gram matrices form one ``(P, K, K)`` tensor;
+* the small problems (the minimum norm of ``sum_k x_k y_k`` over the product of two simplices)
+  are solved by one batched primal active-set method: a proximal equality-constrained step on
+  a batched Cholesky factor of the Gram matrix of the free weights, a batched ratio test that
+  fixes the weights reaching zero, until no pair has a blocking weight;
+* one matrix product gives the scores of every point of every pair; the certificate
+  (``upper`` = the norm of the point, ``lower`` = the margin of its hyperplane) and the points
+  that violate the optimality conditions most are read from it with masked reductions.
+
+A pair leaves the batch when it is certified within tolerance, when it reaches ``max_iter``,
+or when the plain rounds no longer make progress (no violator left, the distance stagnates,
+a factorisation fails, or its working set outgrows :data:`BATCH_MAX_WORKING_SET`): it then
+continues in the one-pair-at-a-time rounds of :mod:`._hull_native`, which also refine the
+support by QR, warm-started from where the batch left it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ._hull_native import RIDGE, PairState, WorkingSet
+from ._hull_result import SEPARABLE_FLOOR, HullDistance
+
+__all__ = ["batched_rounds", "states_left", "finish_batch", "BatchOutcome", "BATCH_MAX_WORKING_SET"]
+
+BATCH_MAX_WORKING_SET = 256     # a pair whose working set outgrows this continues on its own
+
+
+def _pad(seqs: list[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([s.numel() for s in seqs], device=device)
+    width = int(lengths.max())
+    valid = torch.arange(width, device=device)[None, :] < lengths[:, None]
+    out = torch.zeros(len(seqs), width, dtype=torch.long, device=device)
+    out[valid] = torch.cat(seqs).to(device)
+    return out, valid
+
+
+def _compact(keep: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Move the kept entries of every row to the front and drop the columns no row uses."""
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
+    width = max(int(keep.sum(1).max()), 1)
+    order = order[:, :width]
+    return (keep.gather(1, order),) + tuple(t.gather(1, order) for t in tensors)
+
+
+def _inner_solve(H: torch.Tensor, x: torch.Tensor, valid: torch.Tensor, in_b: torch.Tensor,
+                 max_steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Minimise ``x @ H @ x`` over both simplices from the feasible ``x``, for every pair at once.
+
+    Returns ``(x, active, ok)``: the weights (0 where fixed), the entries still free and, per
+    pair, whether the method settled (a failed factorisation or too many steps: ``False``).
+    """
+    p, K = x.shape
+    dt = H.dtype
+    diag = H.diagonal(dim1=1, dim2=2)
+    mean_diag = (diag * valid).sum(1) / valid.sum(1).clamp_min(1)
+    eps = torch.where(mean_diag > 0, RIDGE * mean_diag, torch.ones_like(mean_diag))
+    x = x.clone()
+    active = valid.clone()
+    ok = torch.ones(p, dtype=torch.bool, device=x.device)
+    todo = torch.arange(p, device=x.device)
+    for _ in range(max_steps):
+        if todo.numel() == 0:
+            return x, active, ok
+        act = active[todo].to(dt)
+        xs, es = x[todo], eps[todo]
+        Ht = H[todo]
+
+        def factor(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            M = Ht * act[:, :, None] * act[:, None, :]
+            M.diagonal(dim1=1, dim2=2).add_(e[:, None] * act + (1 - act))
+            return torch.linalg.cholesky_ex(M)
+
+        L, info = factor(es)
+        bad = info != 0
+        for _retry in range(5):
+            if not bool(bad.any()):
+                break
+            es = torch.where(bad, es * 100.0, es)
+            L2, info = factor(es)
+            L = torch.where(bad[:, None, None], L2, L)
+            bad = bad & (info != 0)
+        if bool(bad.any()):
+            ok[todo[bad]] = False
+            keep = ~bad
+            todo, act, xs, es, L = todo[keep], act[keep], xs[keep], es[keep], L[keep]
+            if todo.numel() == 0:
+                return x, active, ok
+        ib = in_b[todo].to(dt)
+        E = torch.stack([act * (1 - ib), act * ib], 1)                      # (q, 2, K)
+        Zc = torch.cholesky_solve(E.mT.contiguous(), L)                     # (q, K, 2)
+        S = E @ Zc                                                          # (q, 2, 2)
+        det = S[:, 0, 0] * S[:, 1, 1] - S[:, 0, 1] * S[:, 1, 0]
+        Sinv = torch.stack([torch.stack([S[:, 1, 1], -S[:, 0, 1]], 1),
+                            torch.stack([-S[:, 1, 0], S[:, 0, 0]], 1)], 1) / det[:, None, None]
+
+        def prox(xv: torch.Tensor) -> torch.Tensor:
+            v = torch.cholesky_solve((es[:, None] * xv)[:, :, None], L)
+            kappa = Sinv @ (1 - E @ v)
+            return (v + Zc @ kappa)[:, :, 0] * act
+
+        y = prox(xs)
+        neg = (act > 0) & (y <= 0)
+        has_neg = neg.any(1)
+        settled = torch.zeros_like(has_neg)
+        free = ~has_neg
+        if bool(free.any()):                 # a second step from the accepted point: settled when it stays
+            y2 = prox(torch.where(free[:, None], y, xs))
+            neg2 = (act > 0) & (y2 <= 0) & free[:, None]
+            has_neg2 = neg2.any(1)
+            change = (y2 - y).abs().amax(1)
+            settled = free & ~has_neg2 & (change <= 1e-12 * y.abs().amax(1))
+            # a pair blocked on the second step does its ratio test from the first step's point
+            xs = torch.where(free[:, None], y, xs)
+            y = torch.where(free[:, None], y2, y)
+            neg = torch.where(free[:, None], neg2, neg)
+            has_neg = has_neg | has_neg2
+            xs = torch.where(settled[:, None], y, xs)
+        if bool(has_neg.any()):
+            ratios = torch.where(neg, xs / (xs - y).clamp_min(1e-300), torch.full_like(xs, math.inf))
+            t, j = ratios.min(1)
+            t = torch.where(has_neg, t, torch.zeros_like(t))
+            xn = (xs + t[:, None] * (y - xs)).clamp_min(0)
+            hit = neg & (xn <= 0)
+            hit = hit | (torch.nn.functional.one_hot(j, K).bool() & has_neg[:, None])
+            xn = xn.masked_fill(hit, 0.0)
+            xs = torch.where(has_neg[:, None], xn, xs)
+            act_new = active[todo] & ~hit
+            active[todo] = act_new
+        x[todo] = xs
+        todo = todo[~settled]
+    ok[todo] = False
+    return x, active, ok
+
+
+class BatchOutcome:
+    """Where the batched rounds left every pair (tensors over the ``P`` pairs, padded to ``L`` points)."""
+
+    def __init__(self, **fields: Any) -> None:
+        self.__dict__.update(fields)
+
+
+def batched_rounds(pairs: list[tuple[torch.Tensor, torch.Tensor]], Xw: torch.Tensor, *, tol: float,
+                   zero_tol: float, max_iter: int, add: int, k0: int) -> BatchOutcome:
+    """Run the rounds of the working-set method for all ``pairs`` of the centred pool ``Xw`` at once.
+
+    The outcome holds every pair's certified bounds and best points; ``outcome.left`` lists the
+    pairs to continue one by one (:func:`states_left`), the others are finished
+    (:func:`finish_batch`) with ``outcome.status[k]`` "converged" or "max_iter".
+    """
+    P = len(pairs)
+    dev, dt = Xw.device, Xw.dtype
+    rows, loc_valid = _pad([torch.cat([ra, rb]) for ra, rb in pairs], dev)
+    L = rows.shape[1]
+    n_a = torch.tensor([ra.numel() for ra, _ in pairs], device=dev)
+    n_b = torch.tensor([rb.numel() for _, rb in pairs], device=dev)
+    pos = torch.arange(L, device=dev)[None, :]
+    is_b = pos >= n_a[:, None]
+    is_a_valid = loc_valid & ~is_b
+    is_b_valid = loc_valid & is_b
+    sign = 1.0 - 2.0 * is_b.to(dt)
+    Xg = Xw[rows]                                                            # (P, L, d)
+    vm = loc_valid.to(dt)
+    C = torch.einsum("pl,pld->pd", vm, Xg) / vm.sum(1, keepdim=True)          # each pair's mean
+    scale = ((Xg - C[:, None, :]).norm(dim=2) * vm).amax(1)                 # largest distance from it
+
+    # initial working sets: the k0 extreme points of each set along the mean difference
+    Xg = Xw[rows]                                                            # (P, L, d)
+    wa = is_a_valid.to(dt) / is_a_valid.sum(1, keepdim=True)
+    wb = is_b_valid.to(dt) / is_b_valid.sum(1, keepdim=True)
+    w0 = torch.einsum("pl,pld->pd", wa - wb, Xg)
+    s0 = torch.einsum("pld,pd->pl", Xg, w0)
+    del Xg
+    add = min(add, k0)   # few points per round keep the batched problems small (supports are found in a few rounds)
+    kk = min(k0, L)
+    ia = torch.where(is_a_valid, s0, math.inf).topk(kk, dim=1, largest=False).indices
+    ib = torch.where(is_b_valid, -s0, math.inf).topk(kk, dim=1, largest=False).indices
+    q = torch.cat([ia, ib], 1)
+    wv = torch.cat([is_a_valid.gather(1, ia), is_b_valid.gather(1, ib)], 1)
+    ws_b = is_b.gather(1, q)
+    cnt_a = (wv & ~ws_b).sum(1, keepdim=True).to(dt)
+    cnt_b = (wv & ws_b).sum(1, keepdim=True).to(dt)
+    x = torch.where(ws_b, 1.0 / cnt_b, 1.0 / cnt_a) * wv
+
+    lower = torch.zeros(P, dtype=dt, device=dev)
+    upper = torch.full((P,), math.inf, dtype=dt, device=dev)
+    prev_upper = torch.full((P,), math.inf, dtype=dt, device=dev)
+    best_w = torch.zeros(P, L, dtype=dt, device=dev)
+    best_z = torch.zeros(P, Xw.shape[1], dtype=dt, device=dev)
+    best_lz = torch.zeros_like(best_z)
+    has_lz = torch.zeros(P, dtype=torch.bool, device=dev)
+    rounds = torch.zeros(P, dtype=torch.long, device=dev)
+    status = [""] * P
+    handed: dict[int, tuple[torch.Tensor, torch.Tensor, bool]] = {}
+
+    al = torch.arange(P, device=dev)      # pairs still in the batch; q, wv, x, ws_b are theirs
+    while al.numel():
+        Y = sign[al].gather(1, q)[:, :, None] * (Xw[rows[al].gather(1, q)] - C[al][:, None, :]) * wv[:, :, None]
+        H = Y @ Y.mT
+        x, active, ok = _inner_solve(H, x, wv, ws_b, max_steps=4 * q.shape[1] + 50)
+        xa = x * active
+        sa_ = (xa * ~ws_b).sum(1, keepdim=True)
+        sb_ = (xa * ws_b).sum(1, keepdim=True)
+        xa = torch.where(ws_b, xa / sb_, xa / sa_)
+        z = torch.einsum("pk,pkd->pd", xa, Y)
+        T = (z @ Xw.T).gather(1, rows[al])                                  # scores of every point of each pair
+        nz = z.norm(dim=1)
+        better = nz < upper[al]
+        upper[al] = torch.where(better, nz, upper[al])
+        dense = torch.zeros(al.numel(), L, dtype=dt, device=dev).scatter_add_(1, q, xa)
+        best_w[al] = torch.where(better[:, None], dense, best_w[al])
+        best_z[al] = torch.where(better[:, None], z, best_z[al])
+        lo = (torch.where(is_a_valid[al], T, math.inf).amin(1) - torch.where(is_b_valid[al], T, -math.inf).amax(1))
+        lo = torch.where(nz > 0, lo / nz.clamp_min(1e-300), torch.zeros_like(lo))
+        lbetter = lo > lower[al]
+        lower[al] = torch.where(lbetter, lo, lower[al])
+        best_lz[al] = torch.where(lbetter[:, None], z, best_lz[al])
+        has_lz[al] = has_lz[al] | lbetter
+        rounds[al] += 1
+        sc, up, lw = scale[al], upper[al], lower[al]
+        done = (up <= zero_tol * sc) | ((lw > SEPARABLE_FLOOR * sc) & (up - lw <= tol * up))
+        # the points that violate the optimality conditions most, per set
+        cz = (C[al] * z).sum(1)
+        u = sign[al] * (T - cz[:, None])
+        uF = (Y @ z[:, :, None])[:, :, 0]
+        lam_a = torch.where(active & ~ws_b, uF, math.inf).amin(1)
+        lam_b = torch.where(active & ws_b, uF, math.inf).amin(1)
+        mu = u - torch.where(is_b[al], lam_b[:, None], lam_a[:, None])
+        member = torch.zeros(al.numel(), L, dtype=dt, device=dev).scatter_add_(1, q, active.to(dt)) > 0
+        mu = mu.masked_fill(member | ~loc_valid[al], math.inf)
+        tolv = (1e-13 * sc * nz.clamp_min(1e-300))[:, None]
+        kadd = min(add, L)
+        va, na_ = torch.where(is_b[al], math.inf, mu).topk(kadd, dim=1, largest=False)
+        vb, nb_ = torch.where(is_b[al], mu, math.inf).topk(kadd, dim=1, largest=False)
+        new_q = torch.cat([na_, nb_], 1)
+        new_v = torch.cat([va < -tolv, vb < -tolv], 1)
+        stagnant = (prev_upper[al] - nz) <= 1e-3 * tol * nz
+        prev_upper[al] = nz
+        n_new = new_v.sum(1)
+        maxed = rounds[al] >= max_iter
+        leave_done = done | (maxed & ok)
+        hand = ~leave_done & (~ok | stagnant | (n_new == 0))
+        keep_ws = active
+        q2, x2, v2 = torch.cat([q, new_q], 1), torch.cat([xa, torch.zeros_like(new_q, dtype=dt)], 1), \
+            torch.cat([keep_ws, new_v], 1)
+        v2, q2, x2 = _compact(v2, q2, x2)
+        hand = hand | (~leave_done & (v2.sum(1) > BATCH_MAX_WORKING_SET))
+        cont = ~leave_done & ~hand
+        al_list = al.tolist()
+        for i in torch.nonzero(leave_done).flatten().tolist():
+            status[al_list[i]] = "converged" if bool(done[i]) else "max_iter"
+        for i in torch.nonzero(hand).flatten().tolist():
+            handed[al_list[i]] = (q[i][keep_ws[i]], xa[i][keep_ws[i]], bool(stagnant[i]) or int(n_new[i]) == 0)
+        al = al[cont]
+        q, x, wv = q2[cont], x2[cont], v2[cont]
+        if al.numel():
+            v2c, q, x = _compact(wv, q, x)
+            wv = v2c
+        ws_b = is_b[al].gather(1, q)
+
+    return BatchOutcome(pairs=pairs, rows=rows, n_a=n_a, n_b=n_b, is_b=is_b, C=C, scale=scale, lower=lower,
+                        upper=upper, prev_upper=prev_upper, best_w=best_w, best_z=best_z, best_lz=best_lz,
+                        has_lz=has_lz, rounds=rounds, status=status, handed=handed,
+                        left=sorted(handed))
+
+
+def states_left(out: BatchOutcome, Xw: torch.Tensor) -> dict[int, PairState]:
+    """One-pair states, with their working sets and certified bounds, of the pairs the batch handed on."""
+    states = {}
+    for k in out.left:
+        ra, rb = out.pairs[k]
+        st = PairState(ra, rb, Xw)
+        st.rounds = int(out.rounds[k])
+        st.lower, st.upper, st.prev_upper = float(out.lower[k]), float(out.upper[k]), float(out.prev_upper[k])
+        if bool(out.has_lz[k]):
+            st.best_lower_z = out.best_lz[k].clone()
+        if math.isfinite(st.upper):
+            sup = out.best_w[k] > 0
+            st.best_upper = (out.rows[k][sup], out.is_b[k][sup], out.best_w[k][sup], out.best_z[k].clone())
+        qk, xk, idle = out.handed[k]
+        st.ws = WorkingSet(Xw, st.center, out.rows[k][qk], out.is_b[k][qk], xk)
+        st.idle = 1 if idle else 0
+        states[k] = st
+    return states
+
+
+def finish_batch(out: BatchOutcome, X64: torch.Tensor, basis: torch.Tensor | None, tol: float, zero_tol: float,
+                 seconds: float) -> dict[int, HullDistance]:
+    """The results of the pairs that finished in the batch (as :func:`._hull_native.finish_pair` would give)."""
+    done = [k for k in range(len(out.pairs)) if k not in out.handed]
+    if not done:
+        return {}
+    dev = X64.device
+    idx = torch.tensor(done, device=dev)
+    sc, up, lw = out.scale[idx], out.upper[idx], out.lower[idx]
+    meets = up <= zero_tol * sc
+    lower = torch.where(meets, torch.zeros_like(lw), lw.clamp_min(0))
+    separable = ~meets & (lower > SEPARABLE_FLOOR * sc)
+    zdir = torch.where((separable & out.has_lz[idx])[:, None], out.best_lz[idx], out.best_z[idx])
+    zn = zdir.norm(dim=1)
+    has_normal = torch.isfinite(up) & (zn > 0)
+    normal = zdir / zn.clamp_min(1e-300)[:, None]
+    if basis is not None:
+        normal = normal @ basis.T
+        normal = normal / normal.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    rows = out.rows[idx]
+    is_b = out.is_b[idx]
+    valid = torch.arange(rows.shape[1], device=dev)[None, :] < (out.n_a[idx] + out.n_b[idx])[:, None]
+    T = (normal @ X64.T).gather(1, rows)
+    off = (torch.where(valid & ~is_b, T, math.inf).amin(1) + torch.where(valid & is_b, T, -math.inf).amax(1)) / 2
+    w = out.best_w[idx]
+    d = X64.shape[1]
+    results = {}
+    up_l, lo_l, sc_l, off_l = up.tolist(), lower.tolist(), sc.tolist(), off.tolist()
+    meets_l, sep_l, hn_l = meets.tolist(), separable.tolist(), has_normal.tolist()
+    na_l, nb_l, rounds_l = out.n_a[idx].tolist(), out.n_b[idx].tolist(), out.rounds[idx].tolist()
+    for i, k in enumerate(done):
+        n, m = na_l[i], nb_l[i]
+        upper = up_l[i] if math.isfinite(up_l[i]) else math.nan
+        results[k] = HullDistance(
+            distance=upper, lower=lo_l[i], upper=upper, separable=False if meets_l[i] else (True if sep_l[i] else None),
+            normal=normal[i].clone() if hn_l[i] else None, offset=off_l[i] if hn_l[i] else math.nan,
+            weights_a=w[i, :n].clone(), weights_b=w[i, n:n + m].clone(), iterations=rounds_l[i], method="native",
+            status=out.status[k], tol=tol, zero_tol=zero_tol, scale=sc_l[i], n_a=n, n_b=m, d=d, seconds=seconds)
+    return results
