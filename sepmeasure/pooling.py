@@ -29,7 +29,7 @@ from .graph import GraphTraceError, ModelGraph, module_type_layout, trace_model
 from .validation import describe
 
 __all__ = ["POOLS", "LAYOUT_CHOICES", "check_pool", "check_layout", "pool_output", "LayerLayouts", "FunctionalTaps",
-           "functional_selection"]
+           "functional_selection", "copy_graph_attributes"]
 
 POOLS = ("none", "flatten", "mean", "cls", "last")
 LAYOUT_CHOICES = ("auto", "channels_first", "channels_last")
@@ -195,8 +195,7 @@ class FunctionalTaps:
                 self.taps.setdefault(label, []).append(tap)
                 copied = new.call_module(tap_name, (copied,))
                 env[node] = copied
-        for attr in _get_attrs(gm):
-            _copy_attribute(gm, self.root, attr)
+        copy_graph_attributes(gm, self.root)
         self.program = fx.GraphModule(self.root, new, "TappedModel")
         self._saved: Any = None
         self._had_own = False
@@ -213,25 +212,24 @@ class FunctionalTaps:
             model.__dict__.pop("forward", None)
 
 
-def _get_attrs(gm: fx.GraphModule) -> list[str]:
-    return [n.target for n in gm.graph.nodes if n.op == "get_attr"]
-
-
-def _copy_attribute(src: nn.Module, dst: nn.Module, target: str) -> None:
-    *path, last = target.split(".")
-    s, d = src, dst
-    for p in path:
-        s = getattr(s, p)
-        if not hasattr(d, p):
-            d.add_module(p, nn.Module())
-        d = getattr(d, p)
-    value = getattr(s, last)
-    if isinstance(value, nn.Parameter):
-        d.register_parameter(last, value)
-    elif isinstance(value, torch.Tensor):
-        d.register_buffer(last, value)
-    else:
-        setattr(d, last, value)
+def copy_graph_attributes(gm: fx.GraphModule, root: nn.Module) -> None:
+    """Register on ``root`` every attribute the graph of ``gm`` reads (``get_attr`` nodes), at the same path:
+    parameters as parameters, tensors as buffers, anything else as a plain attribute."""
+    for target in [n.target for n in gm.graph.nodes if n.op == "get_attr"]:
+        *path, last = target.split(".")
+        s, d = gm, root
+        for p in path:
+            s = getattr(s, p)
+            if not hasattr(d, p):
+                d.add_module(p, nn.Module())
+            d = getattr(d, p)
+        value = getattr(s, last)
+        if isinstance(value, nn.Parameter):
+            d.register_parameter(last, value)
+        elif isinstance(value, torch.Tensor):
+            d.register_buffer(last, value)
+        else:
+            setattr(d, last, value)
 
 
 def functional_selection(model: nn.Module, layers: Any) -> tuple[ModelGraph | None, list[str], Any]:

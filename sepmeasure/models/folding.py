@@ -27,6 +27,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..graph import trace_model
+from ..pooling import copy_graph_attributes
 from .layers import along_channels
 
 __all__ = ["PartialActivation", "fold_traced"]
@@ -148,9 +149,7 @@ def fold_traced(model: nn.Module, mask_type: type) -> tuple[nn.Module, int, int,
         if isinstance(lin1, nn.Linear) and isinstance(lin2, nn.Linear):
             why = "its input or output is also read elsewhere, so the two Linear layers cannot be composed"
         kept.append((site, f"all {nonlinear.numel()} units linear; the activation is removed but {why}"))
-    for n in gm.graph.nodes:
-        if n.op == "get_attr":
-            _copy_attr(gm, root, n.target)
+    copy_graph_attributes(gm, root)
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
     program = fx.GraphModule(root, gm.graph, type(model).__name__ + "Folded")
@@ -161,21 +160,3 @@ def _add(gm: fx.GraphModule, root: nn.Module, name: str, module: nn.Module) -> N
     """Register a new module on the program being rewritten and on the root it will be built from."""
     gm.add_module(name, module)
     root.add_module(name, module)
-
-
-def _copy_attr(src: nn.Module, dst: nn.Module, target: str) -> None:
-    *path, last = target.split(".")
-    s, d = src, dst
-    for p in path:
-        s = getattr(s, p)
-        if not hasattr(d, p):
-            d.add_module(p, nn.Module())
-        d = getattr(d, p)
-    value = getattr(s, last)
-    if isinstance(value, nn.Parameter):
-        d.register_parameter(last, value)
-    elif isinstance(value, torch.Tensor):
-        d.register_buffer(last, value)
-    else:
-        setattr(d, last, value)
-

@@ -191,12 +191,8 @@ def check_test_sets(test: Any, A: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     if not isinstance(test, (tuple, list)) or len(test) != 2:
         raise TypeError(f"test: expected a pair (A_test, B_test) of point sets, got {describe(test)}")
     At, Bt = check_point_sets(test[0], test[1], names=("test[0]", "test[1]"))
-    if At.shape[1] != A.shape[1]:
-        raise ValueError(f"test[0]: expected {A.shape[1]} features (columns) like A, got {describe(At)}")
-    if At.device != A.device:
-        raise ValueError(f"test[0]: expected a tensor on the device of A ({A.device}), got {describe(At)}")
-    dtype = torch.promote_types(A.dtype, At.dtype)
-    return At.to(dtype), Bt.to(dtype)
+    _, At = check_point_sets(A, At, names=("A", "test[0]"))  # the columns and device of A, its dtype promoted
+    return At, Bt.to(At.dtype)
 
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
