@@ -143,6 +143,20 @@ def _prepare(data: Any, name: str, model: nn.Module) -> Dataset:
     return data
 
 
+def _forward(model: nn.Module, xb: torch.Tensor, name: str, first: bool) -> torch.Tensor:
+    """``model(xb)``; on the first batch a model that cannot take the inputs (a wrong width or rank,
+    say) is reported naming ``name``, with torch's message, instead of a bare torch traceback."""
+    if not first:
+        return model(xb)
+    try:
+        return model(xb)
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as exc:
+        raise ValueError(f"{name}: expected inputs the model accepts, got a batch of shape {tuple(xb.shape)} and "
+                         f"dtype {xb.dtype}; the model raised RuntimeError: {exc}") from exc
+
+
 def _check_outputs(out: torch.Tensor, data: Dataset, yb: torch.Tensor, first: bool, name: str) -> None:
     """Labels must index the model's outputs (cross-entropy's contract).
 
@@ -229,7 +243,7 @@ def _evaluate_core(model: nn.Module, data: Dataset, batch_size: int, device: tor
     total, correct, loss_sum = 0, 0, 0.0
     try:
         for index, (xb, yb) in enumerate(_batches(data, batch_size, False, torch.Generator(), device, name, dtype)):
-            out = model(xb)
+            out = _forward(model, xb, name, index == 0)
             if check_targets:
                 _check_outputs(out, data, yb, index == 0, name)
             loss_sum += float(loss_fn(out, yb, reduction="sum"))
@@ -396,7 +410,7 @@ def fit(model: nn.Module, train: Any, test: Any = None, *, epochs: int = 10, lr:
             start = time.perf_counter()
             for xb, yb in _batches(train, batch_size, True, generator, device, "train", dtype):
                 opt.zero_grad(set_to_none=True)
-                out = model(xb)
+                out = _forward(model, xb, "train", state.step == 0)
                 if check_targets:
                     _check_outputs(out, train, yb, state.step == 0, "train")
                 loss = loss_fn(out, yb)

@@ -114,3 +114,20 @@ def test_npk_names_its_argument_and_refuses_overflow():
     m64 = sm.MLP(2, [3], 1, bias=False).double()
     k = sm.neural_path_kernel(m64, x.double() * 1e30)
     assert torch.allclose(k, sm.neural_path_kernel(m64, x.double()) * 1e60, rtol=1e-12)
+
+
+def test_training_inputs_the_model_cannot_take_are_named():
+    X, y = torch.randn(10, 4), torch.arange(10) % 2
+    for run, name in ((lambda m: sm.fit(m, (X, y), epochs=1, progress=False), "train"),
+                      (lambda m: sm.evaluate(m, (X, y)), "data"),
+                      (lambda m: sm.fit(m, (X[:, :2], y), (X, y), epochs=1, progress=False), "test")):
+        with pytest.raises(ValueError, match=rf"^{name}: expected inputs the model accepts, got a batch of shape "
+                                             rf"\(10, 4\).*mat1 and mat2 shapes cannot be multiplied"):
+            run(sm.MLP(2, [3], 2))
+
+
+def test_kernel_diagnostics_refuse_an_overflowing_kernel():
+    x, y = torch.randn(6, 2) * 1e30, torch.arange(6) % 2
+    cb = sm.KernelDiagnostics("ntk", x, y, epochs=[0])
+    with pytest.raises(ValueError, match=r"x: expected inputs whose NTK is finite in torch.float32"):
+        sm.fit(sm.MLP(2, [3], 2), (x / 1e30, y), epochs=1, callbacks=[cb], progress=False)

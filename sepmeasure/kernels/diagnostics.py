@@ -596,6 +596,11 @@ class KernelDiagnostics(Callback):
             k = empirical_ntk(model, x, method=self.method, output="trace", params=self.params)
         else:
             k = neural_path_kernel(model, x)
+        if not bool(torch.isfinite(k).all()):
+            what = "the fixed subset x" if self._given else "the subset drawn from the training data"
+            raise ValueError(f"x: expected inputs whose {self.kernel.upper()} is finite in {k.dtype}, got "
+                             f"{int((~torch.isfinite(k)).sum())} NaN/inf kernel entries on {what} (inputs of "
+                             f"magnitude up to {float(self._x.abs().max()):.3g}); rescale the inputs")
         eps = torch.finfo(k.dtype).eps
         k = k.detach().cpu()     # kept in its own dtype: the rank tolerance depends on it
         now = state.step / max(state.steps_per_epoch, 1)

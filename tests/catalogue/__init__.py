@@ -27,8 +27,9 @@ def run_catalogue(names: list[str] | None = None, *, skip_hangs: bool = False) -
     """
     skip = (lambda case: KNOWN_HANGS.get(case)) if skip_hangs else (lambda case: None)
     out: list[Outcome] = []
-    for name in names or list(RECIPES):
-        out += run_recipe(RECIPES[name], skip)
+    chosen = [r for r in RECIPES.values() if not names or r.name in names or r.id in names]
+    for recipe in chosen:
+        out += run_recipe(recipe, skip)
     return out
 
 

@@ -89,6 +89,12 @@ class Recipe:
     time_limit: float = CALL_TIME_LIMIT_S
     joint_scale: tuple[str, ...] = ()
     """Arguments scaled together (``"A+B"`` cases): the result must not change (a scale-invariant measure)."""
+    variant: str = ""
+    """A second recipe of the same name (another way to call it) has a variant: its id is ``name/variant``."""
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}/{self.variant}" if self.variant else self.name
 
     def invoke(self, kwargs: Mapping[str, Any]) -> Any:
         if self.call is not None:
@@ -187,6 +193,8 @@ def _labels() -> list[Mutation]:
         Mutation("beyond_int64", lambda y: torch.where(y == y.max(), 1e30, y.double()), "error", "range"),
         Mutation("bool", lambda y: y != 0, "either", "dtype"),
         Mutation("wrong_length", lambda y: y[:-1], "error", "shape"),
+        # a label beyond the classes seen: a valid class index for most functions, not for a classifier
+        Mutation("beyond_outputs", lambda y: torch.where(y == y.max(), y.max() + 3, y), "either", "range"),
         Mutation("int32", lambda y: y.int(), "same", "dtype"),
     ]
 
@@ -318,6 +326,28 @@ def _object() -> list[Mutation]:
     ]
 
 
+def _poison_frame(frame: pd.DataFrame, value: float) -> pd.DataFrame:
+    frame = frame.copy()
+    col = frame.select_dtypes("number").columns[-1]
+    frame[col] = frame[col].astype(float)
+    frame.loc[frame.index[0], col] = value
+    return frame
+
+
+def _frame() -> list[Mutation]:
+    """A table (pandas DataFrame) of results."""
+    return [
+        Mutation("str", lambda v: "abc", "error", "type"),
+        Mutation("dict", lambda v: {"a": [1]}, "error", "type"),
+        Mutation("no_columns", lambda v: pd.DataFrame(), "error", "empty"),
+        Mutation("no_rows", lambda v: v.iloc[:0], "either", "empty"),
+        Mutation("nan", lambda v: _poison_frame(v, math.nan), "either", "nonfinite"),
+        Mutation("inf", lambda v: _poison_frame(v, math.inf), "either", "nonfinite"),
+        Mutation("huge", lambda v: _poison_frame(v, 1e300), "either", "huge"),
+        Mutation("strings", lambda v: v.astype(str), "either", "dtype"),
+    ]
+
+
 def _path() -> list[Mutation]:
     return [
         Mutation("int", lambda v: 3, "error", "type"),
@@ -330,7 +360,7 @@ KINDS: dict[str, Callable[[], list[Mutation]]] = {
     "features": _features, "labels": _labels, "kernel": _square_kernel, "count": _count,
     "positive": _positive, "fraction": _fraction, "seed": _seed, "choice": _choice, "name": _name,
     "flag": _flag, "shape": _shape, "model": _model, "sequence": _sequence, "mapping": _mapping,
-    "object": _object, "path": _path, "fixed": lambda: [],
+    "object": _object, "path": _path, "frame": _frame, "fixed": lambda: [],
 }
 
 
@@ -503,12 +533,12 @@ def _judge_result(recipe: Recipe, result: Any) -> str | None:
 def baseline(recipe: Recipe) -> tuple[Any, Outcome]:
     result, exc, dt = _call(recipe, _build(recipe))
     if exc is not None:
-        return None, Outcome(recipe.name, "-", "valid", "same", "other",
+        return None, Outcome(recipe.id, "-", "valid", "same", "other",
                              f"the valid call failed: {type(exc).__name__}: {exc}", dt)
     problem = _judge_result(recipe, result)
     if problem:
-        return None, Outcome(recipe.name, "-", "valid", "same", "other", f"the valid call: {problem}", dt)
-    return result, Outcome(recipe.name, "-", "valid", "same", "result", "", dt)
+        return None, Outcome(recipe.id, "-", "valid", "same", "other", f"the valid call: {problem}", dt)
+    return result, Outcome(recipe.id, "-", "valid", "same", "result", "", dt)
 
 
 JOINT_SCALES = (1e30, 1e200, 1e-200)
@@ -528,10 +558,10 @@ def run_case(recipe: Recipe, arg: str, mutation: Mutation, base: Any) -> Outcome
         for t in targets:
             kwargs[t] = mutation.apply(kwargs[t])
     except Exception as exc:  # noqa: BLE001 - a mutation that does not apply to this value
-        return Outcome(recipe.name, arg, mutation.label, mutation.expect, "other",
+        return Outcome(recipe.id, arg, mutation.label, mutation.expect, "other",
                        f"mutation could not be built: {type(exc).__name__}: {exc}", 0.0)
     result, exc, dt = _call(recipe, kwargs)
-    out = lambda o, d: Outcome(recipe.name, arg, mutation.label, mutation.expect, o, d, dt)  # noqa: E731
+    out = lambda o, d: Outcome(recipe.id, arg, mutation.label, mutation.expect, o, d, dt)  # noqa: E731
     if exc is not None:
         return out(*classify_error(exc, tuple(targets) + spec.aliases))
     if mutation.expect == "error":
@@ -563,7 +593,7 @@ def cases(recipe: Recipe) -> list[tuple[str, Mutation]]:
 
 
 def case_id(recipe: Recipe, arg: str, mutation: Mutation) -> str:
-    return f"{recipe.name}[{arg}={mutation.label}]"
+    return f"{recipe.id}[{arg}={mutation.label}]"
 
 
 def run_recipe(recipe: Recipe, skip: Callable[[str], str | None] = lambda case: None) -> list[Outcome]:
@@ -574,7 +604,7 @@ def run_recipe(recipe: Recipe, skip: Callable[[str], str | None] = lambda case: 
     for arg, m in cases(recipe):
         reason = skip(case_id(recipe, arg, m))
         if reason:
-            outcomes.append(Outcome(recipe.name, arg, m.label, m.expect, "other", f"not run: {reason}", 0.0))
+            outcomes.append(Outcome(recipe.id, arg, m.label, m.expect, "other", f"not run: {reason}", 0.0))
         else:
             outcomes.append(run_case(recipe, arg, m, base))
     return outcomes

@@ -310,7 +310,7 @@ def _recipes() -> list[Recipe]:
                positional=("activations", "labels"), check=finite_or_missing, key=_columns("value")))
     add(Recipe("separability_summary", {"table": Arg(lambda: sm.layer_separability(
         {"features": features()}, labels(), ("md_lsm", "linear_probe"),
-        options={"md_lsm": {"steps": 10, "n_starts": 1}}, progress=False), "object")},
+        options={"md_lsm": {"steps": 10, "n_starts": 1}}, progress=False), "frame")},
                positional=("table",), check=finite_or_missing))
     add(Recipe("SeparabilityCallback", {"layers": Arg(_const(None), "fixed"),
                                         "measures": Arg(_const(("md_lsm",)), "sequence"),
@@ -391,7 +391,7 @@ def _recipes() -> list[Recipe]:
     claim_common = dict(name=Arg(_const("c"), "name"), paper=Arg(_const("P"), "name"),
                         statement=Arg(_const("s"), "name"),
                         confidence=Arg(_const(0.9), "fraction"), n_boot=Arg(_const(200), "count"),
-                        min_seeds=Arg(_const(2), "count"), table=Arg(small_table, "object"))
+                        min_seeds=Arg(_const(2), "count"), table=Arg(small_table, "frame"))
 
     def claim_recipe(cname: str, **extra: Arg) -> Recipe:
         return Recipe(cname, {**claim_common, **extra}, call=lambda **kw: _evaluate_claim(cname, kw),
@@ -434,7 +434,43 @@ def _recipes() -> list[Recipe]:
                          "seeds": Arg(_const({"quick": 1, "full": 1}), "mapping", expect={"empty": "either"}),
                          "version": Arg(_const("1"), "name")},
                check=_constructed, key=lambda s: []))
+    # --- second ways to call: features and labels of a training run, callbacks inside fit ---
+    xy = {"X": F(features, aliases=("train", "data")),
+          "y": Arg(labels, "labels", expect={"one_class": "either", "beyond_outputs": "error"},
+                   aliases=("train", "data"))}
+    add(Recipe("fit", {"model": Arg(mlp, "model", skip={"type", "empty"}), **xy}, variant="xy",
+               call=lambda model, X, y: sm.fit(model, (X, y), epochs=1, batch_size=5, progress=False),
+               check=finite_or_missing, key=lambda h: []))
+    add(Recipe("evaluate", {"model": Arg(mlp, "model", skip={"type", "empty"}), **xy}, variant="xy",
+               call=lambda model, X, y: sm.evaluate(model, (X, y)), key=lambda m: [m.get("accuracy", 0.0)]))
+    add(Recipe("neural_path_kernel", {"model": Arg(dlgn, "model"), "x1": F(features),
+                                      "x2": F(features, expect={"none": "either"})},
+               positional=("model", "x1", "x2"), variant="dlgn"))
+    add(Recipe("layer_separability", {"activations": F(features, expect={"ndim+1": "either", "ndim-1": "error"},
+                                                       skip={"wrong_width"}),
+                                      "labels": Arg(labels, "labels"),
+                                      "options": Arg(_const({"md_lsm": {"steps": 10, "n_starts": 1,
+                                                                        "time_limit": 1.0}}), "fixed")},
+               variant="tensor", check=finite_or_missing, key=_columns("value"),
+               call=lambda activations, labels, options: sm.layer_separability(
+                   activations, labels, ("md_lsm", "linear_probe"), options=options, progress=False)))
+    add(Recipe("KernelDiagnostics", {"kernel": Arg(_const("ntk"), "choice"),
+                                     "x": F(features, aliases=("x1",)),
+                                     "y": Arg(labels, "labels", expect={"beyond_outputs": "either"})},
+               variant="fit", check=finite_or_missing, key=lambda t: [],
+               call=lambda kernel, x, y: _fit_with(sm.KernelDiagnostics(kernel, x, y, epochs=[0, 1]))))
+    add(Recipe("SeparabilityCallback", {"measures": Arg(_const(("md_lsm", "linear_probe")), "sequence"),
+                                        "max_per_class": Arg(_const(5), "count"),
+                                        "pool": Arg(_const("flatten"), "choice")},
+               variant="fit", check=finite_or_missing, key=lambda t: [],
+               call=lambda **kw: _fit_with(sm.SeparabilityCallback(
+                   **kw, epochs=[1], options={"md_lsm": {"steps": 10, "n_starts": 1, "time_limit": 1.0}}))))
     return r
+
+
+def _fit_with(callback: Any) -> pd.DataFrame:
+    sm.fit(mlp(), dataset(), epochs=1, batch_size=5, callbacks=[callback], progress=False)
+    return callback.table
 
 
 def _record_with(kw: dict[str, Any]) -> Any:
@@ -453,7 +489,7 @@ def _evaluate_claim(cname: str, kw: dict[str, Any]) -> Any:
 # fit's epochs=10**12 is skipped: a loop count that is a valid (if long) request, allocating nothing per
 # epoch, so no refusal is expected and running it would only test patience
 
-RECIPES: dict[str, Recipe] = {rec.name: rec for rec in _recipes()}
+RECIPES: dict[str, Recipe] = {rec.id: rec for rec in _recipes()}
 
 EXEMPT: dict[str, str] = {
     "__version__": "a version string, not callable",
