@@ -488,7 +488,8 @@ def names_argument(message: str, names: Sequence[str]) -> bool:
 def classify_error(exc: BaseException, names: Sequence[str]) -> tuple[str, str]:
     where_ok, where = _raised_in_package(exc)
     kind = type(exc).__name__
-    text = f"{kind}: {str(exc)[:300]}"
+    lines = str(exc).strip().splitlines() or [""]
+    text = f"{kind}: {lines[0][:300]}"
     if isinstance(exc, CallTimeout):
         return "other", f"hang: {exc}"
     from_sepmeasure = type(exc).__module__.startswith("sepmeasure")

@@ -58,18 +58,19 @@ _GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
     ("select_layers", "model", ("str", "none"), "sepmeasure/capture.py: model is not checked to be an nn.Module "
                                                 "(AttributeError 'named_modules')"),
     # sepmeasure/separability (subset.py, _search.py, probe.py, tables.py)
-    ("separable_subset_fraction", "n_starts", _HUGE, f"sepmeasure/separability/subset.py: n_starts {_ALLOC}"),
-    ("separable_subset_fraction", "steps", _HUGE, f"sepmeasure/separability/subset.py: steps {_ALLOC}"),
-    ("separable_subset_fraction", "seed", ("huge",), "sepmeasure/separability/subset.py: seed=2**70 not checked; "
-                                                     "torch's 'Overflow when unpacking long long' does not name seed"),
+    *[(f"{name}{variant}", arg, _HUGE, f"sepmeasure/separability/{where} + _search.py: {arg} {_ALLOC}")
+      for name, where in (("separable_subset_fraction", "subset.py"), ("md_lsm", "mdlsm.py"))
+      for variant in ("", "/exact", "/approx") for arg in ("n_starts", "steps")
+      if (name, variant) != ("md_lsm", "")],
+    *[(f"{name}{variant}", "seed", ("huge",), f"sepmeasure/separability/{where}: seed=2**70 not checked; torch's "
+                                              f"'Overflow when unpacking long long' does not name seed")
+      for name, where in (("separable_subset_fraction", "subset.py"), ("md_lsm", "mdlsm.py"))
+      for variant in ("", "/exact", "/approx") if (name, variant) != ("md_lsm", "")],
     ("linear_probe", "seed", ("huge",), "sepmeasure/separability/probe.py: seed=2**70 not checked (torch overflow)"),
     ("layer_separability", "seed", ("huge",), "sepmeasure/separability/tables.py: seed=2**70 not checked "
                                               "(torch overflow)"),
     ("linear_probe", "l2", ("huge",), "sepmeasure/separability/probe.py: l2=1e300 accepted; the fit returns NaN "
                                       "weights, bias and accuracy bounds silently"),
-    *[(name, "max_iter", ("beyond_int64",), "sepmeasure/separability/_hull_batched.py: max_iter=2**70 not bounded; "
-                                            "OverflowError 'int too big to convert' from a conversion inside")
-      for name in ("hull_distance", "pairwise_hull_distances")],
     ("separability_summary", "table", ("strings",),
      "sepmeasure/separability/tables.py: a table whose numbers are strings reaches a pandas comparison "
      "(TypeError 'Invalid comparison between dtype=str and int' from inside pandas)"),

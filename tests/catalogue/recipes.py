@@ -434,6 +434,13 @@ def _recipes() -> list[Recipe]:
                          "seeds": Arg(_const({"quick": 1, "full": 1}), "mapping", expect={"empty": "either"}),
                          "version": Arg(_const("1"), "name")},
                check=_constructed, key=lambda s: []))
+    # --- the solver-backed methods explicitly (auto picks the 2-D sweep for these points) ---
+    for method in ("exact", "approx"):
+        for fname in ("md_lsm", "separable_subset_fraction"):
+            add(Recipe(fname, {"A": F(points_a), "B": F(points_b), "method": Arg(_const(method), "fixed"),
+                               **FAST_SEARCH}, variant=method, positional=POS, check=in_unit,
+                       key=_value if method == "exact" else (lambda res: []), joint_scale=POS))
+
     # --- second ways to call: features and labels of a training run, callbacks inside fit ---
     xy = {"X": F(features, aliases=("train", "data")),
           "y": Arg(labels, "labels", expect={"one_class": "either", "beyond_outputs": "error"},
