@@ -153,10 +153,11 @@ def test_wide_features_in_the_batch(batch_calls):
         assert margin >= r.lower * (1 - 1e-9)
 
 
-def test_single_pair_with_warm_start_skips_the_batch(batch_calls):
+def test_single_pairs_and_warm_starts_run_the_one_pair_rounds(batch_calls):
     X, y = pool([50, 50], 8, 1.5, 7)
     first = hull_distance(X[y == 0], X[y == 1])
-    assert len(batch_calls) == 1
     again = hull_distance(X[y == 0], X[y == 1], warm_start=first)
-    assert len(batch_calls) == 1              # warm starts run the one-pair rounds
+    assert batch_calls == []
     assert again.distance == pytest.approx(first.distance, rel=2e-6)
+    batched = pairwise_hull_distances(X, y, progress=False)      # one pair of classes: one pair
+    assert batch_calls == [] and batched[(0, 1)].distance == pytest.approx(first.distance, rel=2e-6)

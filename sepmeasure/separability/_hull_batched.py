@@ -111,20 +111,9 @@ def _inner_solve(H: torch.Tensor, x: torch.Tensor, valid: torch.Tensor, in_b: to
         y = prox(xs)
         neg = (act > 0) & (y <= 0)
         has_neg = neg.any(1)
-        settled = torch.zeros_like(has_neg)
-        free = ~has_neg
-        if bool(free.any()):                 # a second step from the accepted point: settled when it stays
-            y2 = prox(torch.where(free[:, None], y, xs))
-            neg2 = (act > 0) & (y2 <= 0) & free[:, None]
-            has_neg2 = neg2.any(1)
-            change = (y2 - y).abs().amax(1)
-            settled = free & ~has_neg2 & (change <= 1e-12 * y.abs().amax(1))
-            # a pair blocked on the second step does its ratio test from the first step's point
-            xs = torch.where(free[:, None], y, xs)
-            y = torch.where(free[:, None], y2, y)
-            neg = torch.where(free[:, None], neg2, neg)
-            has_neg = has_neg | has_neg2
-            xs = torch.where(settled[:, None], y, xs)
+        # a step with every free weight positive is the minimiser on the free set (up to the ridge): settled
+        settled = ~has_neg
+        xs = torch.where(settled[:, None], y, xs)
         if bool(has_neg.any()):
             ratios = torch.where(neg, xs / (xs - y).clamp_min(1e-300), torch.full_like(xs, math.inf))
             t, j = ratios.min(1)
@@ -168,18 +157,20 @@ def batched_rounds(pairs: list[tuple[torch.Tensor, torch.Tensor]], Xw: torch.Ten
     is_a_valid = loc_valid & ~is_b
     is_b_valid = loc_valid & is_b
     sign = 1.0 - 2.0 * is_b.to(dt)
-    Xg = Xw[rows]                                                            # (P, L, d)
+    # each pair's mean, scale (largest distance from its mean) and mean difference, through (P, N) weights
+    N = Xw.shape[0]
     vm = loc_valid.to(dt)
-    C = torch.einsum("pl,pld->pd", vm, Xg) / vm.sum(1, keepdim=True)          # each pair's mean
-    scale = ((Xg - C[:, None, :]).norm(dim=2) * vm).amax(1)                 # largest distance from it
-
-    # initial working sets: the k0 extreme points of each set along the mean difference
-    Xg = Xw[rows]                                                            # (P, L, d)
     wa = is_a_valid.to(dt) / is_a_valid.sum(1, keepdim=True)
     wb = is_b_valid.to(dt) / is_b_valid.sum(1, keepdim=True)
-    w0 = torch.einsum("pl,pld->pd", wa - wb, Xg)
-    s0 = torch.einsum("pld,pd->pl", Xg, w0)
-    del Xg
+    Wc = torch.zeros(P, N, dtype=dt, device=dev).scatter_add_(1, rows, vm / vm.sum(1, keepdim=True))
+    Wd = torch.zeros(P, N, dtype=dt, device=dev).scatter_add_(1, rows, wa - wb)
+    C = Wc @ Xw
+    w0 = Wd @ Xw
+    sq = (Xw * Xw).sum(1)
+    dist2 = sq[rows] - 2 * (C @ Xw.T).gather(1, rows) + (C * C).sum(1, keepdim=True)
+    scale = (dist2.clamp_min(0).sqrt() * vm).amax(1)
+    # initial working sets: the k0 extreme points of each set along the mean difference
+    s0 = (w0 @ Xw.T).gather(1, rows)
     add = min(add, k0)   # few points per round keep the batched problems small (supports are found in a few rounds)
     kk = min(k0, L)
     ia = torch.where(is_a_valid, s0, math.inf).topk(kk, dim=1, largest=False).indices

@@ -235,9 +235,11 @@ def solve_native(X: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]]
                  batched: bool = True) -> list[HullDistance]:
     """Solve every pair ``(rows_a, rows_b)`` of the pool ``X`` (at unit scale) with the working-set method.
 
-    Without warm starts and where the pool fits (:data:`BATCH_MAX_ELEMENTS`), all pairs run
-    their rounds in batched solves (:mod:`._hull_batched`) and the pairs that stall there
-    continue one by one (:mod:`._hull_native`); ``batched=False`` runs the one-pair rounds only.
+    With two pairs or more, no warm starts and a pool that fits (:data:`BATCH_MAX_ELEMENTS`),
+    all pairs run their rounds in batched solves (:mod:`._hull_batched`) and the pairs that stall
+    there continue one by one (:mod:`._hull_native`); a single pair (faster on its own: it adds
+    ``add`` points per round where the batch adds at most ``k0``) and ``batched=False`` run the
+    one-pair rounds only.
     """
     start = time.perf_counter()
     dev = X.device
@@ -255,7 +257,8 @@ def solve_native(X: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]]
     warm = warm or [None] * len(pairs)
     widest = max(ra.numel() + rb.numel() for ra, rb in pairs)
     batch = None
-    if batched and all(w0 is None for w0 in warm) and len(pairs) * widest * Xw.shape[1] <= BATCH_MAX_ELEMENTS:
+    if (batched and len(pairs) > 1 and all(w0 is None for w0 in warm)
+            and len(pairs) * widest * Xw.shape[1] <= BATCH_MAX_ELEMENTS):
         # all pairs' rounds in batched solves; the pairs that stall there continue one by one
         batch = batched_rounds(pairs, Xw, tol=tol, zero_tol=zero_tol, max_iter=max_iter, add=add, k0=k0)
         states = states_left(batch, Xw)
