@@ -46,6 +46,9 @@ ParameterSelector = Union[None, str, Sequence[str], Callable[[str, torch.Tensor]
 
 # Working memory one block of x1 × x2 may use when ``block_size`` is not given.
 _BLOCK_MEMORY_BYTES = 1 << 30
+# Rows of x1 the structured plan is verified on (its rules are exact or not whatever the rows; every
+# block re-checks what depends on the values, such as a factorisation over outputs).
+_PROBE_ROWS = 4
 # Largest output block written to a kernel file at once (the anonymous memory of an out-of-core kernel).
 _OUT_BLOCK_BYTES = 256 << 20
 
@@ -211,7 +214,7 @@ def _make_problem(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None, s
     problem = NTKProblem(model=model, params={n: p.detach() for n, p in selected.items()}, constants=constants,
                        n_outputs=0, batch_dependent=bool(dependent), activation_numel=0,
                        n_rows=max(x1.shape[0], 0 if x2 is None else x2.shape[0]),
-                       probe=x1 if dependent else x1[: min(x1.shape[0], 8)],
+                       probe=x1 if dependent else x1[: min(x1.shape[0], _PROBE_ROWS)],
                        buffer_names=frozenset(n for n, _ in model.named_buffers()))
     for nm, x in (("x1", x1), ("x2", x2)):
         if x is None:

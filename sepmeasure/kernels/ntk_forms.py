@@ -18,7 +18,8 @@ from torch.nn import functional as F
 from .ntk_taps import Call
 
 __all__ = ["ELEMENT_COST", "FORMS", "NOMINAL_ROWS", "CallShape", "choose_form", "conv_patches", "cotangent_gram",
-           "dense_arrays", "factor", "factored_term", "gram_term", "norm_jacobians", "outer_jacobian"]
+           "dense_arrays", "factor", "factored_term", "gram_term", "norm_jacobians", "outer_jacobian",
+           "summed_outer"]
 
 FORMS: tuple[str, ...] = ("gram", "outer", "factored")
 # Rows used to weigh per-row against per-pair costs when choosing a form.
@@ -91,6 +92,15 @@ def outer_jacobian(a: torch.Tensor, g: torch.Tensor, groups: int) -> torch.Tenso
     aa = a.reshape(n, t, groups, d).permute(0, 2, 1, 3).reshape(n * groups, t, d)
     j = torch.bmm(gg, aa).view(n, groups, k, o // groups, d)
     return j.transpose(1, 2).reshape(n, k, -1)
+
+
+def summed_outer(a: torch.Tensor, g: torch.Tensor, groups: int) -> torch.Tensor:
+    """``Σ_n Σ_t g_{k,t} ⊗ a_t`` → ``(K, numel(W))``: :func:`outer_jacobian` summed over samples, in one
+    matrix product when ungrouped."""
+    if groups != 1:
+        return outer_jacobian(a, g, groups).sum(0)
+    k, n, t, o = g.shape
+    return (g.permute(0, 3, 1, 2).reshape(k * o, n * t) @ a.reshape(n * t, -1)).view(k, -1)
 
 
 def cotangent_gram(ga: torch.Tensor, gb: torch.Tensor, output: str) -> torch.Tensor:

@@ -24,6 +24,8 @@ __all__ = ["JACOBIAN", "NTVP", "Builder", "NTKProblem", "Plan", "cached_rows", "
 
 # Working memory of one chunk of the whole-batch Jacobian (batch-dependent kernels).
 JACOBIAN_CHUNK_BYTES = 1 << 30
+# Rows from which self_gram uses the BLAS rank-k update rather than a matrix product.
+SYRK_MIN_ROWS = 256
 
 
 @dataclass
@@ -105,12 +107,14 @@ def contract(ja: dict[str, torch.Tensor], jb: dict[str, torch.Tensor] | None, ou
 def self_gram(mats: Sequence[torch.Tensor]) -> torch.Tensor:
     """``Σ_m M Mᵀ`` for matrices ``M`` of equal row count, computing one triangle only.
 
-    On the CPU in float32/float64 this is the BLAS rank-k update (``?syrk``, through SciPy), about
-    half the work of a matrix product; elsewhere a plain ``M @ Mᵀ``.
+    On the CPU in float32/float64, from ``SYRK_MIN_ROWS`` rows on, this is the BLAS rank-k update
+    (``?syrk``, through SciPy), about half the work of a matrix product; for fewer rows (where the
+    hand-over to SciPy costs more than it saves: 5.5 ms against 1.4 ms for 80 × 19 296 measured here)
+    and elsewhere a plain ``M @ Mᵀ``.
     """
     first = mats[0]
     r = first.shape[0]
-    syrk = _blas_syrk(first)
+    syrk = _blas_syrk(first) if r >= SYRK_MIN_ROWS else None
     if syrk is None:
         total = first.new_zeros(r, r)
         for m in mats:

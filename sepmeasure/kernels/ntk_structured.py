@@ -34,9 +34,10 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from .ntk_forms import (ELEMENT_COST, FORMS, NOMINAL_ROWS, CallShape, choose_form, dense_arrays, factor,
-                        factored_term, gram_term, norm_jacobians, outer_jacobian)
+                        factored_term, gram_term, norm_jacobians, outer_jacobian, summed_outer)
 from .ntk_problem import Builder, NTKProblem, Plan, cached_rows, contract, per_sample_jacobians
 from .ntk_taps import Call, Site, find_sites, output_grads, tapped_forward
 
@@ -69,6 +70,7 @@ class _Structured:
     fallback: dict[str, torch.Tensor]           # parameters computed with the Jacobian
     costs: dict[str, dict[str, float]] = field(default_factory=dict)
     forward_macs: float = 0.0                   # multiply-adds of the structured calls, per sample
+    channels_last: bool = False                 # run 4-D inputs in the channels-last memory format
 
 
 def _broadcast_candidates(problem: NTKProblem, covered: set[str]) -> dict[str, torch.Tensor]:
@@ -81,11 +83,12 @@ def _expand(params: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
 
 def _rebuilt_gradients(problem: NTKProblem, calls: list[Call], tap_grads: list[torch.Tensor]
                        ) -> dict[str, torch.Tensor]:
-    """Σ over samples of the per-sample gradients each rule rebuilds: ``{name: (K, numel)}``."""
+    """Σ over samples of the per-sample gradients each rule rebuilds: ``{name: (R, numel)}`` for
+    cotangents ``(R, n, ...)`` (``R`` output directions)."""
     rebuilt: dict[str, torch.Tensor] = {}
 
     def add(name: str, value: torch.Tensor) -> None:
-        rebuilt[name] = rebuilt.get(name, 0) + value.reshape(problem.n_outputs, -1)
+        rebuilt[name] = rebuilt.get(name, 0) + value.reshape(value.shape[0], -1)
 
     for call, g in zip(calls, tap_grads):
         if call.site.kind == "norm":
@@ -94,7 +97,7 @@ def _rebuilt_gradients(problem: NTKProblem, calls: list[Call], tap_grads: list[t
             continue
         a, gg, groups = dense_arrays(call, g, need_inputs=call.weight is not None)
         if call.weight:
-            add(call.weight, outer_jacobian(a, gg, groups).sum(0))
+            add(call.weight, summed_outer(a, gg, groups))
         if call.bias:
             add(call.bias, gg.sum(dim=(1, 2)))
     return rebuilt
@@ -105,13 +108,15 @@ def _close(mine: torch.Tensor, truth: torch.Tensor, tol: float, floor: float = 0
     return (scale == 0 and float(mine.norm()) == 0) or float((mine - truth).norm()) <= tol * max(scale, 1e-30)
 
 
-def _verify(problem: NTKProblem, sites: list[Site], probe: torch.Tensor, broadcast: dict[str, torch.Tensor]
-            ) -> tuple[set[str], list[Site], list[Call], list[torch.Tensor]]:
-    """Parameters whose structured gradients equal autograd's on ``probe``, the sites kept, and the
-    probe's calls and output cotangents.
+def _verify(problem: NTKProblem, sites: list[Site], probe: torch.Tensor, broadcast: dict[str, torch.Tensor],
+            channels_last: bool = False) -> tuple[set[str], list[Site], list[Call], list[torch.Tensor], bool]:
+    """Parameters whose structured gradients equal autograd's on ``probe``, the sites kept, the
+    probe's calls and their cotangents ``(1, n, ...)`` for one random combination of the outputs, and
+    whether the channels-last memory format is used.
 
     When the tapped model's output differs from the model's (an attention rewrite, or per-sample
-    copies of a parameter, that does not compute the same function), those are dropped first.
+    copies of a parameter, that does not compute the same function), those are dropped first; a
+    model that fails in the channels-last format (a ``view`` of a convolution's output) runs in its own.
     """
     tol = 1e-3 if problem.itemsize <= 4 else 1e-9
     candidates = {n for s in sites for n in s.roles.values()}
@@ -120,25 +125,32 @@ def _verify(problem: NTKProblem, sites: list[Site], probe: torch.Tensor, broadca
     with torch.no_grad():
         plain = problem.f_batch(problem.params, probe)
     try:
-        out, calls = tapped_forward(problem, sites, probe, {**leaves, **copies})
+        out, calls = tapped_forward(problem, sites, probe, {**leaves, **copies}, channels_last)
         same = out.shape == plain.shape and _close(out.detach(), plain, tol)
     except RuntimeError:
         same = False
     if not same:
+        if channels_last:
+            return _verify(problem, sites, probe, broadcast)
         if any(s.kind == "attention" for s in sites):
             return _verify(problem, [s for s in sites if s.kind != "attention"], probe, broadcast)
         if broadcast:
             return _verify(problem, sites, probe, {})
-        return set(), [], [], []
-    grads = output_grads(out, [c.tap for c in calls] + list(leaves.values()))
-    tap_grads = grads[:len(calls)]
+        return set(), [], [], [], False
+    # the rules are linear in the cotangent: checking them for one random combination of the outputs
+    # checks them for all (a wrong rule agrees only on a subspace of measure zero), in one backward pass
+    direction = torch.randn(out.shape, generator=torch.Generator(out.device).manual_seed(0), dtype=out.dtype,
+                            device=out.device)
+    grads = torch.autograd.grad(out, [c.tap for c in calls] + list(leaves.values()), grad_outputs=direction,
+                                allow_unused=True, materialize_grads=True)
+    tap_grads = [g.unsqueeze(0) for g in grads[:len(calls)]]          # (1, n, ...): one direction
     param_grads = dict(zip(leaves, grads[len(calls):]))
     rebuilt = _rebuilt_gradients(problem, calls, tap_grads)
     # a gradient that vanishes exactly (a bias a later normalisation removes) is compared on the scale of all
     floor = 1e-3 * max((float(g.norm()) for g in param_grads.values()), default=0.0)
     verified = set()
     for name in sorted(candidates):
-        truth = param_grads[name].reshape(problem.n_outputs, -1)
+        truth = param_grads[name].reshape(1, -1)
         if _close(rebuilt.get(name, torch.zeros_like(truth)).reshape_as(truth), truth, tol, floor):
             verified.add(name)
             continue
@@ -147,7 +159,7 @@ def _verify(problem: NTKProblem, sites: list[Site], probe: torch.Tensor, broadca
                       f"layer does not behave like a plain {type(owner.module).__name__}); its kernel "
                       f"contribution is computed with the Jacobian", stacklevel=6)
     verified |= {n for n in copies if _separates_samples(problem, n, probe)}
-    return verified, sites, calls, tap_grads
+    return verified, sites, calls, tap_grads, channels_last
 
 
 def _separates_samples(problem: NTKProblem, name: str, probe: torch.Tensor) -> bool:
@@ -158,6 +170,20 @@ def _separates_samples(problem: NTKProblem, name: str, probe: torch.Tensor) -> b
     out, _ = tapped_forward(problem, [], probe, copies)
     g = torch.autograd.grad(out[0].sum(), copies[name], allow_unused=True, materialize_grads=True)[0]
     return float(g[1:].abs().max()) == 0.0
+
+
+def _factorizations(problem: NTKProblem, detail: _Structured, indices: list[int]) -> dict[int, torch.Tensor]:
+    """``{call index: w}`` for the calls among ``indices`` whose cotangents factor over outputs on the
+    first two probe rows (one backward pass per output, only as deep as those calls)."""
+    if not indices:
+        return {}
+    rows = problem.probe[:2]
+    out, calls = tapped_forward(problem, detail.sites, rows, _expand(detail.broadcast, rows.shape[0]),
+                                detail.channels_last)
+    grads = output_grads(out, [calls[i].tap for i in indices])
+    tol = 1e-5 if problem.itemsize <= 4 else 1e-11
+    found = {i: _factorization(calls[i], g, tol) for i, g in zip(indices, grads)}
+    return {i: w for i, w in found.items() if w is not None}
 
 
 def _factorization(call: Call, tap_grad: torch.Tensor, tol: float) -> torch.Tensor | None:
@@ -184,8 +210,10 @@ def _plan_structured(problem: NTKProblem, output: str) -> Plan:
     sites = find_sites(problem)
     covered = {n for s in sites for n in s.roles.values()}
     broadcast = _broadcast_candidates(problem, covered)
-    verified, sites, calls, tap_grads = (_verify(problem, sites, probe, broadcast) if (sites or broadcast)
-                                         else (set(), [], [], []))
+    channels_last = probe.ndim == 4 and any(type(s.module) is nn.Conv2d for s in sites)
+    verified, sites, calls, tap_grads, channels_last = (
+        _verify(problem, sites, probe, broadcast, channels_last) if (sites or broadcast)
+        else (set(), [], [], [], False))
     for site in sites:
         site.roles = {r: n for r, n in site.roles.items() if n in verified}
     sites = [s for s in sites if s.roles]
@@ -195,11 +223,13 @@ def _plan_structured(problem: NTKProblem, output: str) -> Plan:
     broadcast = {n: p for n, p in broadcast.items() if n in verified}
     fallback = {n: p for n, p in problem.params.items() if n not in verified}
     k, size = problem.n_outputs, problem.itemsize
-    row = 3 * k * problem.activation_numel + k * sum(p.numel() for p in broadcast.values())
+    # per row: the autograd graph and one backward pass's transients (output_grads runs one output at a
+    # time), the K cotangents and the inputs of every call (below), the gradients of the broadcast copies
+    row = 3 * problem.activation_numel + k * sum(p.numel() for p in broadcast.values())
     if fallback:
         row += 3 * k * sum(p.numel() for p in fallback.values()) + 4 * k * problem.activation_numel
     pair = float(k * k if output == "full" else 1)
-    detail = _Structured(sites, [], [], set(), broadcast, fallback)
+    detail = _Structured(sites, [], [], set(), broadcast, fallback, channels_last=channels_last)
     if not sites:
         return Plan(size * row, size * 2 * pair, detail)
     index = {id(s): i for i, s in enumerate(sites)}
@@ -210,19 +240,19 @@ def _plan_structured(problem: NTKProblem, output: str) -> Plan:
             row += k * 2 * c.inputs[0].numel()
             detail.forward_macs += c.inputs[0].numel() / max(c.inputs[0].shape[0], 1)
             continue
-        a, g, groups = dense_arrays(c, tap_grads[i][:, :1], need_inputs=True)
+        a, g, groups = dense_arrays(Call(c.site, c.part, c.inputs[:1], c.tap), tap_grads[i][:, :1], need_inputs=True)
         shapes[i] = CallShape(a.shape[1], a.shape[2] // groups, g.shape[3], groups)
         detail.forward_macs += a.shape[1] * a.shape[2] * g.shape[3] / groups
         row += a.shape[1] * a.shape[2] + k * a.shape[1] * g.shape[3]
     weights = sorted({c.weight for c in calls if c.weight and c.site.kind != "norm"})
     uses = {w: tuple(i for i, c in enumerate(calls) if c.weight == w) for w in weights}
-    tol = 1e-5 if size <= 4 else 1e-11
+    candidates = [w for w in weights if len(uses[w]) == 1 and choose_form(
+        [shapes[i] for i in uses[w]], k, output, problem.n_rows, factorable=True)[0] == "factored"]
+    factors = _factorizations(problem, detail, [uses[w][0] for w in candidates])
     merged = set()
     for w in weights:
         mine = [shapes[i] for i in uses[w]]
-        factor = None
-        if len(uses[w]) == 1 and choose_form(mine, k, output, problem.n_rows, factorable=True)[0] == "factored":
-            factor = _factorization(calls[uses[w][0]], tap_grads[uses[w][0]], tol)
+        factor = factors.get(uses[w][0]) if len(uses[w]) == 1 else None
         form, costs = choose_form(mine, k, output, problem.n_rows, factorable=factor is not None)
         detail.costs[w] = costs
         biases = {calls[i].bias for i in uses[w]}
@@ -292,7 +322,7 @@ class _Side:
 
 def _capture(problem: NTKProblem, detail: _Structured, x: torch.Tensor) -> _Side:
     copies = _expand(detail.broadcast, x.shape[0])
-    out, calls = tapped_forward(problem, detail.sites, x, copies)
+    out, calls = tapped_forward(problem, detail.sites, x, copies, detail.channels_last)
     index = {id(s): i for i, s in enumerate(detail.sites)}
     order = [(index[id(c.site)], c.part) for c in calls]
     if order != detail.call_sites:
