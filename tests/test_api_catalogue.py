@@ -88,3 +88,24 @@ def test_classifier_compares_invariant_results_with_the_valid_call():
     assert out["float64"].outcome == "result"  # same values, same result
     exc = ValueError("x: expected something")
     assert classify_error(exc, ("x",))[0] == "other"  # no traceback inside sepmeasure
+
+
+def test_time_limit_stops_a_hang_and_keeps_an_enclosing_timer():
+    import signal
+
+    def hang(x):
+        time.sleep(5)
+
+    outer = signal.getitimer(signal.ITIMER_REAL)[0]
+    if outer == 0:
+        signal.setitimer(signal.ITIMER_REAL, 100.0)
+    try:
+        t0 = time.perf_counter()
+        outcomes = run_recipe(Recipe("fake", {"x": Arg(lambda: 1, "fixed")}, call=hang, time_limit=0.2))
+        assert outcomes[0].outcome == "other" and outcomes[0].detail.startswith("the valid call failed")
+        assert time.perf_counter() - t0 < 2
+        left = signal.getitimer(signal.ITIMER_REAL)[0]
+        assert 90 < left <= 100 or (outer and 0 < left <= outer)
+    finally:
+        if outer == 0:
+            signal.setitimer(signal.ITIMER_REAL, 0)
