@@ -480,7 +480,8 @@ def effective_halfspaces(model: DLGN, input_shape: Sequence[int] | None = None) 
 
     ``q_l = A_l x + c_l``,  ``A_l = W_l W_{l-1} ... W_1``,  ``c_l = W_l c_{l-1} + b_l`` (``c_0 = 0``),
 
-    (with shallow gating, ``q_l = W_l x + b_l``: ``A_l = W_l``, ``c_l = b_l``), so the gate of unit ``i`` of layer ``l`` is on exactly on the half-space
+    (with shallow gating, ``q_l = W_l x + b_l``: ``A_l = W_l``, ``c_l = b_l``), so the gate of unit ``i``
+    of layer ``l`` is on exactly on the half-space
     ``{x : <A_l[i], x> + c_l[i] > 0}``. The products are formed in float64 and returned in the
     model's dtype, on its device.
 

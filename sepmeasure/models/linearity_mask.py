@@ -131,6 +131,7 @@ def mask_modules(model: nn.Module, none_raises: type[Exception] | None = None) -
 def layer_masks(model: nn.Module) -> list[tuple[str, torch.Tensor, nn.Module]]:
     """Per hidden layer: (name, non-linear flags, the activation sigma applied to non-linear units)."""
     out = []
+    device = model_device(model) or torch.device("cpu")
     for site in find_sites(model):
         name, channels = site.name, site.channels
         act = model.get_submodule(name)
@@ -142,5 +143,5 @@ def layer_masks(model: nn.Module) -> list[tuple[str, torch.Tensor, nn.Module]]:
                 nonlinear = act.mask() != 0
             out.append((name, nonlinear, act.activation))
         else:
-            out.append((name, torch.ones(channels, dtype=torch.bool, device=model_device(model) or torch.device("cpu")), act))
+            out.append((name, torch.ones(channels, dtype=torch.bool, device=device), act))
     return out
