@@ -74,6 +74,12 @@ _GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
     ("separability_summary", "table", ("strings",),
      "sepmeasure/separability/tables.py: a table whose numbers are strings reaches a pandas comparison "
      "(TypeError 'Invalid comparison between dtype=str and int' from inside pandas)"),
+    ("pairwise_hull_distances/ovr", "classes", ("str", "int"),
+     "sepmeasure/separability/pointsets.py: classes is not checked to be a sequence of ints (int('a') / "
+     "'int' object is not iterable, not naming classes)"),
+    # sepmeasure/kernels/ntk.py
+    ("empirical_ntk/full", "x1", ("x1e30",), "sepmeasure/kernels/ntk.py: float32 inputs of 1e30 give a full NTK with "
+                                             "NaN/inf entries, returned without an error"),
     # sepmeasure/study
     ("make_executor", "kind", ("unknown", "int", "none"),
      "sepmeasure/study/executors.py: the error names 'executor', not the argument 'kind'"),

@@ -441,6 +441,44 @@ def _recipes() -> list[Recipe]:
                                **FAST_SEARCH}, variant=method, positional=POS, check=in_unit,
                        key=_value if method == "exact" else (lambda res: []), joint_scale=POS))
 
+    # --- held-out variants: the test sets are mutated like the training sets ---
+    def _held_out(fn):
+        return lambda A, B, A_test, B_test, **kw: fn(A, B, test=(A_test, B_test), **kw)
+
+    test_sets = {"A_test": F(lambda: points_a() + 1, aliases=("test",)),
+                 "B_test": F(lambda: points_b() - 1, aliases=("test",))}
+    add(Recipe("md_lsm", {"A": F(points_a), "B": F(points_b), **test_sets}, variant="test",
+               call=_held_out(sm.md_lsm), check=in_unit, key=_value))
+    add(Recipe("linear_probe", {"A": F(points_a), "B": F(points_b), **test_sets,
+                                "max_iter": Arg(_const(20), "count")}, variant="test",
+               call=_held_out(sm.linear_probe), key=lambda p: [p.accuracy]))
+    add(Recipe("layer_separability", {"activations": Arg(lambda: {"features": torch.cat([features(), features() + 0.5])},
+                                                         "mapping"),
+                                      "labels": Arg(lambda: torch.cat([labels(), labels()]), "labels",
+                                                    expect={"one_class": "either"}),
+                                      "held_out": Arg(_const(0.3), "fraction")},
+               variant="held_out", check=finite_or_missing, key=_columns("value"),
+               call=lambda activations, labels, held_out: sm.layer_separability(
+                   activations, labels, ("md_lsm", "hull_distance", "linear_probe", "separable_subset"),
+                   held_out=held_out, options={"md_lsm": {"steps": 10, "n_starts": 1, "time_limit": 1.0},
+                                               "separable_subset": {"steps": 10, "n_starts": 1, "time_limit": 1.0}},
+                   progress=False)))
+    add(Recipe("pairwise_hull_distances", {"features": F(lambda: torch.cat([features(), features()[:5] + 10]),
+                                                         expect={"wrong_width": "either"}),
+                                           "labels": Arg(lambda: torch.tensor([0] * 5 + [1] * 5 + [2] * 5), "labels",
+                                                         expect={"one_class": "either"}),
+                                           "pairs": Arg(_const("ovr"), "choice"),
+                                           "classes": Arg(_const([0, 2]), "sequence", expect={"none": "either"})},
+               variant="ovr", positional=("features", "labels"),
+               call=lambda **kw: sm.pairwise_hull_distances(**kw, progress=False),
+               check=lambda d: [hull_check(v) for v in d.values()] and None,
+               key=lambda d: [float(bool(v.separable)) for v in d.values()]))
+    add(Recipe("empirical_ntk", {"model": Arg(mlp, "model"), "x1": F(features),
+                                 "method": Arg(_const("auto"), "choice"), "output": Arg(_const("full"), "choice"),
+                                 "params": Arg(_const("re:.*weight"), "choice", expect={"none": "either"})},
+               positional=("model", "x1"), variant="full",
+               call=lambda **kw: sm.empirical_ntk(**kw, progress=False)))
+
     # --- second ways to call: features and labels of a training run, callbacks inside fit ---
     xy = {"X": F(features, aliases=("train", "data")),
           "y": Arg(labels, "labels", expect={"one_class": "either", "beyond_outputs": "error"},
