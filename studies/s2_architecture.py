@@ -24,7 +24,7 @@ from sepmeasure.data import load_dataset
 from sepmeasure.models.standard import MLP
 from sepmeasure.report import FigureSpec
 from sepmeasure.separability import class_subsample
-from sepmeasure.separability.heldout import held_out_layer_rows, held_out_probe_rows
+from sepmeasure.separability.heldout import HELD_OUT_LAYER_MEASURES, held_out_layer_rows, held_out_probe_rows
 from sepmeasure.study import Study
 from sepmeasure.training import Callback, evaluate, fit
 
@@ -36,11 +36,7 @@ ACTIVATIONS = ["relu", "leaky_relu", "gelu", "tanh", "sigmoid", "identity"]
 NONLINEAR = [a for a in ACTIVATIONS if a != "identity"]
 HELD_OUT = 0.3
 CLAIM_MEASURES = ("md_lsm_held_out", "relative_hull_distance", "linear_probe")
-MEASURE_NAMES = {"md_lsm_held_out": "held-out MD-LSM (test AUC of the MD-LSM direction)",
-                 "md_lsm": "in-sample MD-LSM", "hull_distance": "hull distance",
-                 "relative_hull_distance": "hull distance relative to the layer's spread (in sample)",
-                 "linear_probe": "held-out balanced accuracy of a logistic probe",
-                 "probe_auc": "held-out AUC of a logistic probe"}
+MEASURE_NAMES = HELD_OUT_LAYER_MEASURES   # what each measure of held_out_layer_rows is
 # Matched training accuracy: every CHECK_EVERY optimiser steps the training accuracy (all ten classes) is
 # evaluated; the first time it reaches TARGET_ACCURACY the last hidden layer is measured. 0.4 is fixed in
 # advance as a level the narrowest relu network of the grid reaches within the budget (version 2 tables:

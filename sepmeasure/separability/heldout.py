@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["HeldOutAUC", "held_out_auc", "delong_interval"]
 # internal API of the separability package: check_test_sets, held_out_auc_core, stratified_split;
-# the studies' held-out layer measures: held_out_layer_rows, held_out_probe_rows
+# the studies' held-out layer measures: held_out_layer_rows, HELD_OUT_LAYER_MEASURES, held_out_probe_rows
 
 _Z95 = 1.959963984540054
 
@@ -248,6 +248,15 @@ def held_out_probe_rows(acts: Mapping[str, torch.Tensor], y: torch.Tensor, table
         out.append({**base, "measure": "linear_probe", "value": balanced})
         out.append({**base, "measure": "probe_auc", "value": float(auc)})
     return out
+
+
+HELD_OUT_LAYER_MEASURES = {
+    "md_lsm_held_out": "held-out MD-LSM (test AUC of the MD-LSM direction)",
+    "md_lsm": "in-sample MD-LSM", "hull_distance": "hull distance",
+    "relative_hull_distance": "hull distance relative to the layer's spread (in sample)",
+    "linear_probe": "held-out balanced accuracy of a logistic probe",
+    "probe_auc": "held-out AUC of a logistic probe"}
+"""What each ``measure`` of the rows of :func:`held_out_layer_rows` is, in words (for claims and reports)."""
 
 
 def held_out_layer_rows(acts: Mapping[str, torch.Tensor], y: torch.Tensor, pairs: Any, seed: int,
