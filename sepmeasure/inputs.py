@@ -157,6 +157,13 @@ def read_npz(path: str | os.PathLike, name: str, keys: Iterable[str] = ("X", "y"
     if not p.is_file():
         raise FileNotFoundError(f"{name}: expected an existing .npz file, got {str(p)!r}")
     required, extra = list(keys), list(optional)
+    with open(p, "rb") as fh:
+        head = fh.read(6)
+    if not (head.startswith(b"PK") or head.startswith(b"\x93NUMPY")):
+        # np.load takes anything else for a pickle and refuses it as such: say what it is not
+        raise ValueError(f"{name}: expected a readable .npz file of numeric arrays, could not read {str(p)!r} "
+                         f"(not an .npz archive: it starts with neither the zip nor the .npy signature, "
+                         f"got {head!r})")
     try:
         f = np.load(p, allow_pickle=False)
         if not isinstance(f, np.lib.npyio.NpzFile):

@@ -227,6 +227,10 @@ def test_unreadable_npz_files_are_named(tmp_path, damage):
                        (lambda: load_dataset(str(p)), "path")):
         with pytest.raises(ValueError, match=rf"^{name}: expected a readable \.npz file.*could not read '.*bad\.npz'"):
             call()
+    if damage in ("random", "empty"):
+        # neither a zip archive nor an .npy file: said so (np.load took it for a pickle and said that)
+        with pytest.raises(ValueError, match=r"not an \.npz archive: it starts with neither the zip nor the \.npy"):
+            load_npz(p)
 
 
 def test_read_npz_never_unpickles(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ import torch
 
 import sepmeasure as sm
 
-from .core import Arg, Recipe, check_finite, numbers
+from .core import KINDS, Arg, Mutation, Recipe, check_finite, numbers
 
 # ----------------------------------------------------------------------------
 # Inputs
@@ -138,6 +138,41 @@ def _temp_npz() -> str:
     return str(p)
 
 
+def _npz_file(write) -> str:
+    p = Path(tempfile.mkdtemp(dir=_TMP.name)) / "bad.npz"
+    write(p)
+    return str(p)
+
+
+def _truncated(src: str) -> str:
+    data = Path(src).read_bytes()
+    return _npz_file(lambda p: p.write_bytes(data[: len(data) // 2]))
+
+
+def _npz_mutations() -> list[Mutation]:
+    """A path to an .npz file: the path itself and the file's content."""
+    X, y = np.asarray(_A + _B, dtype=np.float32), np.asarray([0] * 5 + [1] * 5)
+    return KINDS["path"]() + [
+        Mutation("directory", lambda v: str(Path(v).parent), "error", "value"),
+        Mutation("truncated", _truncated, "error", "file"),
+        Mutation("random_bytes", lambda v: _npz_file(lambda p: p.write_bytes(np.random.default_rng(0).bytes(256))),
+                 "error", "file"),
+        Mutation("object_array", lambda v: _npz_file(lambda p: np.savez(p, X=np.array([{"a": 1}] * 10, dtype=object),
+                                                                          y=y)), "error", "file"),
+        Mutation("no_X", lambda v: _npz_file(lambda p: np.savez(p, y=y)), "error", "file"),
+        Mutation("single_npy", lambda v: _npz_file(lambda p: np.save(open(p, "wb"), X)), "error", "file"),
+        Mutation("nan_X", lambda v: _npz_file(lambda p: np.savez(p, X=np.where(X == 4, np.nan, X), y=y)),
+                 "error", "file"),
+        Mutation("string_X", lambda v: _npz_file(lambda p: np.savez(p, X=X.astype(str), y=y)), "error", "file"),
+        Mutation("float_y", lambda v: _npz_file(lambda p: np.savez(p, X=X, y=y + 0.5)), "error", "file"),
+        Mutation("short_y", lambda v: _npz_file(lambda p: np.savez(p, X=X, y=y[:-1])), "error", "file"),
+        Mutation("one_class_y", lambda v: _npz_file(lambda p: np.savez(p, X=X, y=np.zeros(10, dtype=np.int64))),
+                 "either", "file"),
+    ]
+
+
+KINDS["npz"] = _npz_mutations
+
 _STUDY_ROOT: list[Path] = []
 
 
@@ -187,7 +222,8 @@ def _recipes() -> list[Recipe]:
                                 "noise": Arg(_const(0.1), "positive", expect={"huge": "either"}),
                                 "test_fraction": Arg(_const(0.2), "fraction")},
                positional=("name",), check=_constructed, key=lambda d: numbers(d.X)))
-    add(Recipe("load_npz", {"path": Arg(_temp_npz, "path"), "split": Arg(_const("both"), "choice"),
+    # messages about the file's content name the file (bad.npz['X']) or the argument
+    add(Recipe("load_npz", {"path": Arg(_temp_npz, "npz", aliases=("bad.npz", "bad.npz['X']", "bad.npz['y']")), "split": Arg(_const("both"), "choice"),
                             "seed": Arg(_const(0), "seed"), "test_fraction": Arg(_const(0.2), "fraction")},
                positional=("path",), check=_constructed, key=lambda s: numbers(s.train.X)))
 
