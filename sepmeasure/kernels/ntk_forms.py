@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from .ntk_taps import Call
 
 __all__ = ["ELEMENT_COST", "FORMS", "NOMINAL_ROWS", "CallShape", "choose_form", "conv_patches", "cotangent_gram",
-           "dense_arrays", "factor", "factored_term", "gram_term", "norm_jacobians", "outer_jacobian",
+           "dense_arrays", "factor", "factored_term", "factorize", "gram_term", "norm_jacobians", "outer_jacobian",
            "summed_outer"]
 
 FORMS: tuple[str, ...] = ("gram", "outer", "factored")
@@ -39,15 +39,19 @@ def conv_patches(module: nn.Conv1d | nn.Conv2d, a: torch.Tensor) -> torch.Tensor
             pads += [total // 2, total - total // 2]
         else:
             pads += [module.padding[i], module.padding[i]]
-    if any(pads):
+    # symmetric zero padding is left to unfold (no padded copy of the input)
+    inside = module.padding_mode == "zeros" and all(pads[i] == pads[i + 1] for i in range(0, len(pads), 2))
+    padding = tuple(reversed(pads[::2])) if inside else (0,) * len(module.kernel_size)
+    if any(pads) and not inside:
         mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
         a = F.pad(a, pads, mode=mode)
     if one_d:
         a = a.unsqueeze(-2)
+        padding = (0, *padding)
     kernel = (1, *module.kernel_size) if one_d else module.kernel_size
     dilation = (1, *module.dilation) if one_d else module.dilation
     stride = (1, *module.stride) if one_d else module.stride
-    cols = F.unfold(a, kernel, dilation=dilation, stride=stride)   # (n, C·Πk, T)
+    cols = F.unfold(a.contiguous(), kernel, dilation=dilation, padding=padding, stride=stride)   # (n, C·Πk, T)
     return cols.transpose(1, 2)
 
 
@@ -141,12 +145,28 @@ def factor(g: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, float]:
     return c, float(resid.norm() / g.norm().clamp_min(torch.finfo(g.dtype).tiny))
 
 
-def factored_term(ua: torch.Tensor, ub: torch.Tensor | None, w: torch.Tensor, output: str) -> torch.Tensor:
-    """``Σ_o w_ko w_lo ⟨u_a,o, u_b,o⟩`` from ``u (n, o, d)``."""
-    gram = torch.bmm(ua.transpose(0, 1), (ua if ub is None else ub).permute(1, 2, 0))   # (o, na, nb)
+def factorize(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The best factorisation ``g_{k,n,t,o} ≈ w_ko c_{n,t,o}`` of cotangents ``(K, n, T, o)``: unit
+    columns ``w (K, o)`` (``w_·o`` the top eigenvector of the ``K × K`` Gram of output ``o``'s
+    cotangents; any unit vector where they vanish), ``c (n, T, o)`` and the relative residual."""
+    k, n, t, o = g.shape
+    m = g.permute(3, 0, 1, 2).reshape(o, k, n * t)
+    _, vectors = torch.linalg.eigh(torch.bmm(m, m.transpose(1, 2)))
+    w = vectors[:, :, -1].T.contiguous()                                 # (K, o)
+    c, resid = factor(g, w)
+    return w, c, resid
+
+
+def factored_term(ua: torch.Tensor, wa: torch.Tensor, ub: torch.Tensor | None, wb: torch.Tensor | None,
+                  output: str) -> torch.Tensor:
+    """``Σ_o wa_ko wb_lo ⟨ua_o, ub_o⟩`` from ``u (n, o, d)`` and each side's own columns ``w (K, o)``
+    (``ub=None``: the block of ``ua`` with itself)."""
+    if ub is None:
+        ub, wb = ua, wa
+    gram = torch.bmm(ua.transpose(0, 1), ub.permute(1, 2, 0))          # (o, na, nb)
     if output == "full":
-        return torch.einsum("oab,ko,lo->abkl", gram, w, w)
-    return torch.einsum("oab,o->ab", gram, (w * w).sum(0))
+        return torch.einsum("oab,ko,lo->abkl", gram, wa, wb)
+    return torch.einsum("oab,o->ab", gram, (wa * wb).sum(0))
 
 
 # ----------------------------------------------------------------------------

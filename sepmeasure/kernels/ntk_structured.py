@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .ntk_forms import (ELEMENT_COST, FORMS, NOMINAL_ROWS, CallShape, choose_form, dense_arrays, factor,
-                        factored_term, gram_term, norm_jacobians, outer_jacobian, summed_outer)
+from .ntk_forms import (ELEMENT_COST, FORMS, NOMINAL_ROWS, CallShape, choose_form, dense_arrays,
+                        factored_term, factorize, gram_term, norm_jacobians, outer_jacobian, summed_outer)
 from .ntk_problem import Builder, NTKProblem, Plan, cached_rows, contract, per_sample_jacobians
 from .ntk_taps import Call, Site, find_sites, output_grads, tapped_forward
 
@@ -57,7 +57,8 @@ class _Weight:
     form: str
     groups: int
     bias: str | None = None            # a gram-form bias computed with the weight (one position)
-    w: torch.Tensor | None = None      # factored form: unit columns (K, o)
+    w: torch.Tensor | None = None      # factored form: the unit columns (K, o) found on the probe (each block
+                                       # computes its own, as an output dead on the probe may be alive there)
 
 
 @dataclass
@@ -196,10 +197,7 @@ def _factorization(call: Call, tap_grad: torch.Tensor, tol: float) -> torch.Tens
     k, n, t, o = g.shape
     if k < 2 or n * t < 2:
         return None
-    m = g.permute(3, 0, 1, 2).reshape(o, k, n * t)
-    _, vectors = torch.linalg.eigh(torch.bmm(m, m.transpose(1, 2)))
-    w = vectors[:, :, -1].T.contiguous()                                 # (K, o)
-    _, resid = factor(g, w)
+    w, _, resid = factorize(g)
     return w if resid <= tol else None
 
 
@@ -316,7 +314,7 @@ class _Side:
 
     inputs: dict[int, torch.Tensor]                   # call → A (n, T, d), for gram-form weights
     cotangents: dict[int, torch.Tensor]               # call → G (K, n, T, o), for gram-form weights
-    factored: dict[str, torch.Tensor]                 # weight → u (n, o, d)
+    factored: dict[str, tuple[torch.Tensor, torch.Tensor]]   # weight → (w (K, o), u (n, o, d))
     jacobians: dict[str, torch.Tensor]                # name → (n, K, numel): outer-form parameters
 
 
@@ -349,9 +347,9 @@ def _capture(problem: NTKProblem, detail: _Structured, x: torch.Tensor) -> _Side
         elif weight.form == "factored":
             i = weight.calls[0]
             a, g, groups = dense_arrays(calls[i], tap_grads[i], need_inputs=True)
-            c, resid = factor(g, weight.w)
+            w, c, resid = factorize(g)      # this block's own columns (an output dead on the probe is alive here)
             if resid <= (1e-5 if problem.itemsize <= 4 else 1e-11):
-                side.factored[weight.param] = torch.bmm(c.transpose(1, 2), a)       # (n, o, d)
+                side.factored[weight.param] = (w, torch.bmm(c.transpose(1, 2), a))       # w (K, o), u (n, o, d)
             else:   # not factored for these inputs: the exact per-sample gradient instead
                 add(weight.param, outer_jacobian(a, g, groups))
     for i, call in enumerate(calls):
@@ -387,8 +385,9 @@ def _ntk_structured(problem: NTKProblem, plan: Plan, xa: torch.Tensor, xb: torch
                     total += gram_term(side_a.inputs[i], side_a.cotangents[i], side_b.inputs[j],
                                         side_b.cotangents[j], output, weight.bias is not None)
         elif weight.param in side_a.factored and weight.param in side_b.factored:
-            total += factored_term(side_a.factored[weight.param],
-                                    None if xb is None else side_b.factored[weight.param], weight.w, output)
+            wa, ua = side_a.factored[weight.param]
+            wb, ub = (None, None) if xb is None else side_b.factored[weight.param]
+            total += factored_term(ua, wa, ub, wb, output)
         elif weight.form == "factored":   # one side was not factored: compare the exact gradients
             ja, jb = (_unfactor(s, weight) for s in (side_a, side_b))
             total += contract({weight.param: ja}, None if xb is None else {weight.param: jb}, output)
@@ -405,9 +404,8 @@ def _ntk_structured(problem: NTKProblem, plan: Plan, xa: torch.Tensor, xb: torch
 def _unfactor(side: _Side, weight: _Weight) -> torch.Tensor:
     if weight.param in side.jacobians:
         return side.jacobians[weight.param]
-    u = side.factored[weight.param]                       # (n, o, d)
-    return (weight.w.T[None, :, :, None] * u[:, :, None, :]).permute(0, 2, 1, 3).reshape(u.shape[0],
-                                                                                          weight.w.shape[0], -1)
+    w, u = side.factored[weight.param]                    # (K, o), (n, o, d)
+    return (w.T[None, :, :, None] * u[:, :, None, :]).permute(0, 2, 1, 3).reshape(u.shape[0], w.shape[0], -1)
 
 
 STRUCTURED = Builder(_plan_structured, _ntk_structured, batch_dependent_ok=False)
