@@ -1,5 +1,6 @@
 """Model families: standard networks, gated networks (DGN, DLGN), masked and linearizable ones."""
-from .gated import DGN, DLGN, BetaAnnealing, EffectiveHalfSpaces, GatedNetwork, effective_halfspaces
+from .gated import DGN, DLGN, BetaAnnealing, GatedNetwork
+from .halfspaces import EffectiveHalfSpaces, effective_halfspaces
 from .linearizable import (LinearizablePReLU, LinearizationSchedule, SparsityPrior, make_linearizable,
                            nonlinear_fraction, snap_linear)
 from .folded import FoldReport, fold
