@@ -11,45 +11,14 @@ import torch
 from torch import nn
 
 from sepmeasure.kernels import empirical_ntk
-from sepmeasure.kernels import ntk as ntk_module
 from sepmeasure.kernels.ntk_structured import STRUCTURED, method_costs
 from sepmeasure.models import CNN, MLP
 
 sys.path.insert(0, str(Path(__file__).parent))
 import zoo  # noqa: E402
+from ntk_helpers import CNN2d, problem_of, randomise_batchnorm, record_builders, rel_err  # noqa: E402
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
-
-
-def rel_err(a, b):
-    return float((a - b).norm() / b.norm().clamp_min(1e-300))
-
-
-def _randomise_bn(model):
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.normal_()
-                m.running_var.uniform_(0.5, 2)
-                m.weight.normal_()
-                m.bias.normal_()
-    return model.eval()
-
-
-class CNN2d(nn.Module):
-    """The CIFAR-shaped CNN of the benchmark at a tiny width: convs with strides 1/2/2, GAP, linear."""
-
-    def __init__(self, c=2, widths=(3, 4, 4), k=3):
-        super().__init__()
-        chans = (c, *widths)
-        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, stride=s, padding=1)
-                                   for a, b, s in zip(chans, chans[1:], (1, 2, 2)))
-        self.head = nn.Linear(chans[-1], k)
-
-    def forward(self, x):
-        for conv in self.convs:
-            x = torch.relu(conv(x))
-        return self.head(x.mean(dim=(2, 3)))
 
 
 class Strided1d(nn.Module):
@@ -68,31 +37,10 @@ MODELS = {
     "cnn1d": (lambda: CNN(1, [3, 4], 3), (10,)),
     "cnn1d_strided": (Strided1d, (2, 11)),
     "cnn2d_strided": (CNN2d, (2, 8, 8)),
-    "resnet_bn_eval": (lambda: _randomise_bn(zoo.resnet18(width=2, num_classes=3, in_channels=2)), (2, 8, 8)),
+    "resnet_bn_eval": (lambda: randomise_batchnorm(zoo.resnet18(width=2, num_classes=3, in_channels=2)), (2, 8, 8)),
     "vit_block": (lambda: zoo.vit(image_size=4, patch=2, dim=8, depth=1, heads=2, mlp_dim=12, num_classes=3,
                                   in_channels=2), (2, 4, 4)),
 }
-
-
-def _chosen(monkeypatch):
-    """Record which builder computes the blocks."""
-    used = []
-    for method in ("jacobian", "structured"):
-        builder = ntk_module._BUILDERS[method]
-
-        def recording(*args, _block=builder.block, _name=method, **kwargs):
-            used.append(_name)
-            return _block(*args, **kwargs)
-
-        monkeypatch.setitem(ntk_module._BUILDERS, method, ntk_module.Builder(builder.plan, recording,
-                                                                              builder.batch_dependent_ok))
-    return used
-
-
-def _problem(model, x, output):
-    selected = ntk_module.select_parameters(model)
-    x1, _ = ntk_module._check_inputs(model, x, None, selected)
-    return ntk_module._make_problem(model, x1, None, selected, False)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -126,9 +74,9 @@ def test_auto_takes_the_cheaper_method(name, monkeypatch):
     factory, shape = MODELS[name]
     model = factory().double().eval()
     x = torch.randn(5, *shape, dtype=torch.float64)
-    costs = method_costs(_problem(model, x, "full"), STRUCTURED.plan(_problem(model, x, "full"), "full"), "full")
+    costs = method_costs(problem_of(model, x), STRUCTURED.plan(problem_of(model, x), "full"), "full")
     assert set(costs) == {"jacobian", "structured"} and all(c > 0 for c in costs.values())
-    used = _chosen(monkeypatch)
+    used = record_builders(monkeypatch)
     empirical_ntk(model, x)
     assert set(used) == {min(costs, key=costs.get)}
 
@@ -139,7 +87,7 @@ def test_cost_model_prefers_structured_for_a_wide_mlp_and_jacobian_without_struc
     torch.manual_seed(0)
     model = MLP(20, [256, 256], 10).double().eval()
     x = torch.randn(64, 20, dtype=torch.float64)
-    p = _problem(model, x, "full")
+    p = problem_of(model, x)
     costs = method_costs(p, STRUCTURED.plan(p, "full"), "full")
     assert costs["structured"] < costs["jacobian"] / 10
 
@@ -153,7 +101,7 @@ def test_cost_model_prefers_structured_for_a_wide_mlp_and_jacobian_without_struc
 
     raw = Raw()
     xr = torch.randn(5, 4, dtype=torch.float64)
-    used = _chosen(monkeypatch)
+    used = record_builders(monkeypatch)
     got = empirical_ntk(raw, xr)
     assert set(used) == {"jacobian"}
     assert rel_err(got, empirical_ntk(raw, xr, method="structured")) <= 1e-12
@@ -164,9 +112,9 @@ def test_cost_counts_grow_with_rows():
     torch.manual_seed(0)
     model = CNN2d().double().eval()
     small, large = (torch.randn(n, 2, 8, 8, dtype=torch.float64) for n in (4, 64))
-    c_small = method_costs(_problem(model, small, "full"), STRUCTURED.plan(_problem(model, small, "full"), "full"),
+    c_small = method_costs(problem_of(model, small), STRUCTURED.plan(problem_of(model, small), "full"),
                            "full")
-    c_large = method_costs(_problem(model, large, "full"), STRUCTURED.plan(_problem(model, large, "full"), "full"),
+    c_large = method_costs(problem_of(model, large), STRUCTURED.plan(problem_of(model, large), "full"),
                            "full")
     for m in c_small:
         assert c_large[m] > 16 * c_small[m]

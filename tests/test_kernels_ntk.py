@@ -3,6 +3,8 @@ plain-autograd brute force (one backward pass per sample and output, no torch.fu
 from __future__ import annotations
 
 import copy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,14 +18,13 @@ from sepmeasure.kernels.ntk_structured import CallShape, choose_form
 from sepmeasure.kernels import empirical_ntk, select_parameters
 from sepmeasure.models import CNN, MLP, ResNet
 
+sys.path.insert(0, str(Path(__file__).parent))
+from ntk_helpers import randomise_batchnorm, record_builders, rel_err  # noqa: E402
+
 TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 
 METHODS = ("jacobian", "ntvp", "structured", "auto")
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
 def trace_of(full: torch.Tensor) -> torch.Tensor:
@@ -122,17 +123,6 @@ class WeightUsedTwice(nn.Module):
         return self.head(h)
 
 
-def _randomise_batchnorm(model: nn.Module) -> nn.Module:
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.normal_()
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.normal_()
-                m.bias.normal_()
-    return model
-
-
 MODELS = {
     "mlp_relu": (lambda: MLP(5, [6, 7], 3), (5,)),
     "mlp_prelu": (lambda: MLP(5, [6, 7], 3, activation="prelu"), (5,)),
@@ -142,7 +132,7 @@ MODELS = {
     "cnn1d_strided": (lambda: CNN(2, [3, 3], 3, kernel_size=4, stride=2, padding_mode="reflect"), (2, 9)),
     "cnn2d": (lambda: CNN(2, [3, 3], 3, dim=2, padding_mode="circular"), (2, 5, 5)),
     "resnet": (lambda: ResNet(1, 4, 2, 3), (8,)),
-    "resnet_batchnorm_eval": (lambda: _randomise_batchnorm(ResNet(1, 3, 1, 3, norm="batch")).eval(), (7,)),
+    "resnet_batchnorm_eval": (lambda: randomise_batchnorm(ResNet(1, 3, 1, 3, norm="batch")).eval(), (7,)),
     "shared_twice": (SharedTwice, (4,)),
     "sequence3d": (Sequence3d, (3, 4)),
     "odd_convs": (OddConvs, (2, 9)),
@@ -192,16 +182,7 @@ def test_methods_agree_with_jacobian(name, dtype, device):
 
 def test_auto_is_structured_or_jacobian(device, monkeypatch):
     model, x1, x2 = make("resnet", torch.float64, device)
-    used = []
-    for method in ("jacobian", "structured"):
-        builder = ntk_module._BUILDERS[method]
-
-        def recording(*args, _block=builder.block, _name=method, **kwargs):
-            used.append(_name)
-            return _block(*args, **kwargs)
-
-        monkeypatch.setitem(ntk_module._BUILDERS, method, ntk_module.Builder(builder.plan, recording,
-                                                                              builder.batch_dependent_ok))
+    used = record_builders(monkeypatch)
     got = empirical_ntk(model, x1, x2)
     assert len(set(used)) == 1 and used[0] in ("structured", "jacobian")
     assert rel_err(got, empirical_ntk(model, x1, x2, method="jacobian")) <= 1e-10

@@ -10,23 +10,12 @@ import torch
 from torch import nn
 
 from sepmeasure.kernels import empirical_ntk
-from sepmeasure.kernels import ntk as ntk_module
-from sepmeasure.kernels.ntk_structured import STRUCTURED
 
 sys.path.insert(0, str(Path(__file__).parent))
 import zoo  # noqa: E402
+from ntk_helpers import plan_of, randomise_batchnorm, rel_err  # noqa: E402
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
-
-
-def rel_err(a, b):
-    return float((a - b).norm() / b.norm().clamp_min(1e-300))
-
-
-def plan_of(model, x):
-    selected = ntk_module.select_parameters(model)
-    x1, _ = ntk_module._check_inputs(model, x, None, selected)
-    return STRUCTURED.plan(ntk_module._make_problem(model, x1, None, selected, False), "full").detail
 
 
 def check(model, shape, dtype, n1=4, n2=3, structured_all=True):
@@ -86,19 +75,10 @@ class Norms(nn.Module):
         return self.head(torch.relu(self.norm(self.conv(x))).flatten(1))
 
 
-def _bn(m):
-    with torch.no_grad():
-        m.running_mean.normal_()
-        m.running_var.uniform_(0.5, 2)
-        m.weight.normal_()
-        m.bias.normal_()
-    return m
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("norm", ["batch", "group", "layer", "layer_last"])
 def test_normalisation_affines(norm, dtype):
-    layer = {"batch": lambda: _bn(nn.BatchNorm2d(4)), "group": lambda: nn.GroupNorm(2, 4),
+    layer = {"batch": lambda: randomise_batchnorm(nn.BatchNorm2d(4)), "group": lambda: nn.GroupNorm(2, 4),
              "layer": lambda: nn.LayerNorm([4, 4, 4]), "layer_last": lambda: nn.LayerNorm(4)}[norm]()
     if norm != "batch":
         with torch.no_grad():
@@ -115,7 +95,7 @@ class Tokens(nn.Module):
         self.proj = nn.Linear(3, 5)
         self.norm = nn.LayerNorm(5)
         self.mix = nn.Linear(5, 4, bias=False)
-        self.bn = _bn(nn.BatchNorm1d(4))
+        self.bn = randomise_batchnorm(nn.BatchNorm1d(4))
         self.head = nn.Linear(4, 3)
 
     def forward(self, x):
@@ -151,9 +131,7 @@ def test_attention_and_broadcast_parameters(batch_first, dtype):
 
 def test_zoo_resnet_is_fully_structured():
     model = zoo.resnet18(width=2, num_classes=3, in_channels=2)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            _bn(m)
+    randomise_batchnorm(model)
     check(model, (2, 8, 8), torch.float64, n1=3, n2=2)
 
 
