@@ -9,11 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from sepmeasure.kernels import empirical_ntk
+from sepmeasure.kernels import empirical_ntk, ntk_structured
+from sepmeasure.kernels.ntk_taps import output_grads, stack_buffer
 
 sys.path.insert(0, str(Path(__file__).parent))
 import zoo  # noqa: E402
-from ntk_helpers import plan_of, randomise_batchnorm, rel_err  # noqa: E402
+from ntk_helpers import CNN2d, plan_of, problem_of, randomise_batchnorm, rel_err  # noqa: E402
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
@@ -151,3 +152,119 @@ def test_attention_with_weights_falls_back():
     detail = plan_of(model, x)
     assert "attn.in_proj_weight" in detail.fallback
     check(model, (5, 4), torch.float64, structured_all=False)
+
+
+# ----------------------------------------------------------------------------
+# The fast conv path: channels-last forward, every contraction form, factorisations per block
+# ----------------------------------------------------------------------------
+
+class ViewHead(nn.Module):
+    """A conv net that flattens with ``view``, which a channels-last tensor refuses."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, stride=2, padding=1, dilation=1)
+        self.head = nn.Linear(3 * 3 * 3, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        return self.head(h.view(h.shape[0], -1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_channels_last_where_the_model_allows_it(dtype):
+    torch.manual_seed(4)
+    cnn = CNN2d().to(dtype).eval()
+    assert plan_of(cnn, torch.randn(5, 2, 8, 8, dtype=dtype)).channels_last
+    view = ViewHead().to(dtype).eval()
+    detail = plan_of(view, torch.randn(5, 2, 6, 6, dtype=dtype))
+    assert not detail.channels_last and not detail.fallback
+    check(cnn, (2, 8, 8), dtype, n1=6, n2=5)
+    check(view, (2, 6, 6), dtype, n1=6, n2=5)
+
+
+def _forced(form):
+    def choose(shapes, k, output, n_rows, factorable=False):
+        if form == "gram" and any(s.groups > 1 for s in shapes):
+            return "outer", {}
+        if form == "factored" and not (factorable and len(shapes) == 1):
+            return "outer", {}
+        return form, {}
+    return choose
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("form", ["gram", "outer", "factored"])
+@pytest.mark.parametrize("spec", [*CONVS, "cnn2d"], ids=lambda s: s if isinstance(s, str) else "x".join(map(str, s[:8])))
+def test_every_form_of_every_convolution(spec, form, dtype, monkeypatch):
+    """Each contraction form forced on fresh random models and inputs (strides, paddings, groups,
+    dilations, Conv1d and Conv2d), against the float64 jacobian kernel: float32 ≤ 1e-5, float64 ≤ 1e-10."""
+    torch.manual_seed(hash((str(spec), form)) % 1000)
+    if spec == "cnn2d":
+        model, shape = CNN2d(), (2, 8, 8)
+    else:
+        *args, spatial = spec
+        model, shape = ConvNet(*args), (args[1], *spatial)
+        model(torch.randn(1, *shape))
+    model.eval()
+    x1, x2 = torch.randn(7, *shape, dtype=torch.float64), torch.randn(5, *shape, dtype=torch.float64)
+    refs = {(o, b is None): empirical_ntk(model.double(), x1, b, method="jacobian", output=o)
+            for o in ("full", "trace") for b in (x2, None)}
+    monkeypatch.setattr(ntk_structured, "choose_form", _forced(form))
+    model.to(dtype)
+    for (output, symmetric), ref in refs.items():
+        got = empirical_ntk(model, x1.to(dtype), None if symmetric else x2.to(dtype), method="structured",
+                            output=output)
+        assert got.dtype == dtype
+        assert rel_err(got.double(), ref) <= TOL[dtype], (output, symmetric)
+
+
+def test_a_channel_dead_on_the_probe_rows_is_factored_in_its_block():
+    """The last conv's channel 0 is off on the two rows its factorisation is found on and on for the
+    rest: each block finds its own columns, so the weight stays factored (and exact)."""
+    torch.manual_seed(0)
+    model = CNN2d().double().eval()
+    last = model.convs[2]
+    with torch.no_grad():
+        last.weight[0] = 0.05
+        last.bias[0] = -1.0
+    x = torch.randn(9, 2, 8, 8, dtype=torch.float64)
+    x[:2] *= 0.01                     # tiny activations: channel 0 below its threshold
+    x[2:] *= 30.0
+    problem = problem_of(model, x)
+    plan = ntk_structured.STRUCTURED.plan(problem, "full")
+    forms = {w.param: w.form for w in plan.detail.weights}
+    assert forms["convs.2.weight"] == "factored"
+    side = ntk_structured._capture(problem, plan.detail, x)
+    assert "convs.2.weight" in side.factored and "convs.2.weight" not in side.jacobians
+    ref = empirical_ntk(model, x, method="jacobian")
+    assert rel_err(empirical_ntk(model, x, method="structured"), ref) <= 1e-10
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_output_grads_equal_one_autograd_pass_per_output(channels_last):
+    torch.manual_seed(2)
+    model = CNN2d().double().eval()
+    x = torch.randn(3, 2, 8, 8, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    taps = [torch.zeros(3, 3, 8, 8, dtype=torch.float64, requires_grad=True),
+            torch.zeros(3, 4, 4, 4, dtype=torch.float64, requires_grad=True)]
+    c0, c1, c2 = model.convs
+    h = torch.relu(c0(x) + taps[0])
+    out = model.head(torch.relu(c2(torch.relu(c1(h) + taps[1]))).mean(dim=(2, 3)))
+    expected = [torch.autograd.grad(out[:, k].sum(), taps, retain_graph=True) for k in range(3)]
+    got = output_grads(out, taps)
+    for k in range(3):
+        for g, e in zip(got, expected[k]):
+            assert g.shape == (3, *e.shape) and torch.allclose(g[k], e, rtol=1e-12, atol=0)
+    if channels_last:     # (K, n, C, H, W) stored as (n, H, W, K, C)
+        assert got[0].permute(1, 3, 4, 0, 2).is_contiguous()
+
+
+def test_stack_buffer_puts_the_new_axis_inside():
+    g = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    b = stack_buffer(g, 6)
+    assert b.shape == (6, 2, 3, 4, 5) and b.permute(1, 3, 4, 0, 2).is_contiguous()
+    b2 = stack_buffer(torch.randn(7, 5), 6)
+    assert b2.shape == (6, 7, 5) and b2.permute(1, 0, 2).is_contiguous()
