@@ -206,7 +206,7 @@ def evaluate(model: nn.Module, data: Any, batch_size: int = 1024, device: torch.
     ------
     TypeError
         ``data`` that :func:`sepmeasure.data.as_dataset` refuses with a ``TypeError`` (see
-        there); a Dataset whose items are not ``(x, y)`` pairs.
+        there); a Dataset whose items are not ``(x, y)`` pairs; ``loss_fn`` is not callable.
     ValueError, KeyError, FileNotFoundError
         ``data`` that :func:`sepmeasure.data.as_dataset` refuses (see there).
 
@@ -225,6 +225,8 @@ def _evaluate(model: nn.Module, data: Any, batch_size: int, device: torch.device
               loss_fn: Callable | None, name: str) -> dict[str, float]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {describe(model)}")
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn: expected a callable loss_fn(logits, y, reduction=...), got {describe(loss_fn)}")
     data = _prepare(data, name, model)
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     device = torch.device(device) if device is not None else (model_device(model) or torch.device("cpu"))
@@ -283,7 +285,7 @@ def fit(model: nn.Module, train: Any, test: Any = None, *, epochs: int = 10, lr:
     batch_size : int, default 128
         Training samples per optimiser step, ``>= 1``; the last batch of an epoch may be smaller.
     momentum : float, default 0.9
-        SGD's momentum (not used by Adam).
+        SGD's momentum, in [0, 1] (not used by Adam).
     weight_decay : float, default 0.0
         L2 weight decay of the optimiser, ``>= 0``.
     seed : int, default 0
@@ -322,8 +324,9 @@ def fit(model: nn.Module, train: Any, test: Any = None, *, epochs: int = 10, lr:
         are not ``(x, y)`` pairs; ``train`` or ``test`` that :func:`sepmeasure.data.as_dataset`
         refuses with a ``TypeError``.
     ValueError
-        ``epochs < 0``, ``batch_size < 1`` or ``seed < 0``; ``lr`` is not a finite number > 0;
-        ``weight_decay`` is negative or not finite; ``optimizer`` is not ``"sgd"`` or
+        ``epochs < 0``, ``batch_size < 1``, ``seed < 0`` or ``seed >= 2**63``; ``lr`` is not a
+        finite number > 0; ``lr`` or ``weight_decay`` exceeds the largest value of the model's
+        dtype; ``weight_decay`` is negative or not finite; ``momentum`` is not in [0, 1]; ``optimizer`` is not ``"sgd"`` or
         ``"adam"``; ``model`` has no parameter with ``requires_grad=True``; ``train`` or
         ``test`` that :func:`sepmeasure.data.as_dataset` refuses with a ``ValueError``.
     KeyError, FileNotFoundError
@@ -349,15 +352,18 @@ def fit(model: nn.Module, train: Any, test: Any = None, *, epochs: int = 10, lr:
     wanted(progress)  # checks the argument before any work
     lr = check_positive(lr, "lr")
     dtype = model_dtype(model) or torch.float32
-    if lr > torch.finfo(dtype).max:
-        raise ValueError(f"lr: expected a learning rate the model's dtype {dtype} can hold "
-                         f"(<= {torch.finfo(dtype).max:.3g}), got {lr!r}")
+    for name, value in (("lr", lr), ("weight_decay", weight_decay)):
+        if isinstance(value, (int, float)) and value > torch.finfo(dtype).max:
+            raise ValueError(f"{name}: expected a coefficient the model's dtype {dtype} can hold "
+                             f"(<= {torch.finfo(dtype).max:.3g}), got {value!r}")
     check_choice(optimizer, "optimizer", ("sgd", "adam"))
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     seed = check_seed(seed, "seed")
     eval_batch_size = check_int(eval_batch_size, "eval_batch_size", minimum=1)
     check_positive(weight_decay, "weight_decay", strict=False)
-    check_positive(momentum, "momentum", strict=False)
+    if check_positive(momentum, "momentum", strict=False) > 1:
+        raise ValueError(f"momentum: expected a heavy-ball coefficient in [0, 1] (above 1 every step grows the "
+                         f"velocity), got {momentum!r}")
     if penalty is not None and not callable(penalty):
         raise TypeError(f"penalty: expected a callable penalty(model) -> scalar tensor, got {describe(penalty)}")
     if loss_fn is not None and not callable(loss_fn):

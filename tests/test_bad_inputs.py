@@ -37,7 +37,7 @@ def test_dataset_sizes_noise_and_npz_arguments(tmp_path):
 
 def test_training_arguments():
     data = sm.LabeledData(torch.randn(8, 2), torch.arange(8) % 2)
-    with pytest.raises(ValueError, match=r"lr: expected a learning rate the model's dtype torch.float32 can hold"):
+    with pytest.raises(ValueError, match=r"lr: expected a coefficient the model's dtype torch.float32 can hold"):
         sm.fit(sm.MLP(2, [3], 2), data, epochs=1, lr=1e300, progress=False)
     with pytest.raises(ValueError, match=r"seed: expected an int <= "):
         sm.fit(sm.MLP(2, [3], 2), data, epochs=1, seed=2 ** 70, progress=False)
@@ -131,3 +131,14 @@ def test_kernel_diagnostics_refuse_an_overflowing_kernel():
     cb = sm.KernelDiagnostics("ntk", x, y, epochs=[0])
     with pytest.raises(ValueError, match=r"x: expected inputs whose NTK is finite in torch.float32"):
         sm.fit(sm.MLP(2, [3], 2), (x / 1e30, y), epochs=1, callbacks=[cb], progress=False)
+
+
+def test_optimiser_coefficients_and_loss_are_checked():
+    data = sm.LabeledData(torch.randn(8, 2), torch.arange(8) % 2)
+    with pytest.raises(ValueError, match=r"momentum: expected a heavy-ball coefficient in \[0, 1\]"):
+        sm.fit(sm.MLP(2, [3], 2), data, epochs=1, momentum=1e300, progress=False)  # diverged, blamed lr
+    with pytest.raises(ValueError, match=r"weight_decay: expected a coefficient the model's dtype"):
+        sm.fit(sm.MLP(2, [3], 2), data, epochs=1, weight_decay=1e300, progress=False)  # torch overflow
+    sm.fit(sm.MLP(2, [3], 2), data, epochs=1, momentum=1.0, progress=False)
+    with pytest.raises(TypeError, match="loss_fn: expected a callable"):
+        sm.evaluate(sm.MLP(2, [3], 2), data, loss_fn="mse")   # 'str' object is not callable

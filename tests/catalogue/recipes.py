@@ -284,10 +284,17 @@ def _recipes() -> list[Recipe]:
     add(Recipe("fit", {"model": Arg(mlp, "model"), "train": Arg(dataset, "object", aliases=("X", "y")),
                        "epochs": Arg(_const(2), "count", skip={"huge"}), "lr": Arg(_const(0.05), "positive"),
                        "batch_size": Arg(_const(5), "count"), "optimizer": Arg(_const("sgd"), "choice"),
-                       "seed": Arg(_const(0), "seed"), "progress": Arg(_const(False), "fixed")},
+                       "seed": Arg(_const(0), "seed"), "progress": Arg(_const(False), "fixed"),
+                       "momentum": Arg(_const(0.9), "positive", expect={"zero": "either", "huge": "either"}),
+                       "weight_decay": Arg(_const(0.0), "positive", expect={"zero": "either"}),
+                       "eval_batch_size": Arg(_const(4), "count"),
+                       "callbacks": Arg(_const(()), "sequence", expect={"empty": "either", "none": "either"}),
+                       "penalty": Arg(_const(None), "object", expect={"none": "either"}),
+                       "test": Arg(dataset, "object", aliases=("X", "y"), expect={"none": "either"})},
                check=finite_or_missing))
     add(Recipe("evaluate", {"model": Arg(mlp, "model"), "data": Arg(dataset, "object", aliases=("X", "y")),
-                            "batch_size": Arg(_const(4), "count")}))
+                            "batch_size": Arg(_const(4), "count"),
+                            "loss_fn": Arg(_const(None), "object", expect={"none": "either"})}))
     # epochs=[] and None both mean "at no epoch" (steps may be given instead)
     add(Recipe("Callback", {"epochs": Arg(_const([0, 1]), "sequence", expect={"none": "either", "empty": "either"}),
                             "steps": Arg(_const([1]), "sequence", expect={"none": "either", "empty": "either"})},
