@@ -320,16 +320,32 @@ def load_dataset(name: str, split: str = "train", seed: int = 0, *, size: int | 
         unknown = set(options) - allowed.get(name, set())
     if unknown:
         raise TypeError(f"options: dataset {name!r} takes no option(s) {sorted(unknown)}")
-    with np.errstate(over="ignore", invalid="ignore"):  # a huge noise is refused just below, naming it
+    _check_generator_options(options, size or 1000)
+    with np.errstate(over="ignore", invalid="ignore"):  # huge scales are refused just below, naming them
         X, y = generator(size, seed, noise, **options)
-    if noise is not None and not np.isfinite(X).all():
-        raise ValueError(f"noise: expected a noise level whose samples stay finite in {X.dtype}, got {noise!r} "
-                         f"({int((~np.isfinite(X)).sum())} NaN/inf features)")
+    if not np.isfinite(X).all():
+        given = [k for k in ("noise", "separation", "turns") if k in options or (k == "noise" and noise is not None)]
+        values = {k: (noise if k == "noise" else options[k]) for k in given}
+        raise ValueError(f"{', '.join(given) or 'options'}: expected scales whose samples stay finite in {X.dtype}, "
+                         f"got {values} ({int((~np.isfinite(X)).sum())} NaN/inf features)")
     how = default_std if standardize is True else (None if standardize is False else standardize)
     check_choice(how, "standardize", (None, "none", "feature", "global"))
     meta = {"dataset": name, "seed": seed, "size": len(y), "noise": noise, "test_fraction": test_fraction,
             **options}
     return _make_split(X, y, name, split, seed, test_fraction, how, meta)
+
+
+def _check_generator_options(options: dict[str, Any], n: int) -> None:
+    """The options of the synthetic generators, checked before anything is allocated (``n`` samples)."""
+    if "n_classes" in options:
+        check_int(options["n_classes"], "n_classes", minimum=2, maximum=max(n // 2, 2),
+                  why=f"at least two of the {n} samples per class")
+    if "dim" in options:
+        check_int(options["dim"], "dim", minimum=1, maximum=max(MAX_GENERATED_SIZE // n, 1),
+                  why=f"size * dim <= {MAX_GENERATED_SIZE} values, held in memory")
+    for key in ("separation", "turns"):
+        if key in options:
+            check_positive(options[key], key, strict=False)
 
 
 def _make_split(X: np.ndarray, y: np.ndarray, name: str, split: str, seed: int, test_fraction: float,

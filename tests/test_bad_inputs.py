@@ -18,8 +18,24 @@ from sepmeasure.validation import check_seed
 def test_dataset_sizes_noise_and_npz_arguments(tmp_path):
     with pytest.raises(ValueError, match=r"size: expected an int <= 10000000"):
         sm.load_dataset("gaussians", size=10 ** 12)   # tried to allocate 7 TiB
-    with pytest.raises(ValueError, match=r"noise: expected a noise level whose samples stay finite"):
+    with pytest.raises(ValueError, match=r"^noise: expected scales whose samples stay finite in float32"):
         sm.load_dataset("gaussians", size=20, noise=1e300)
+    with pytest.raises(ValueError, match=r"^separation: expected scales whose samples stay finite"):
+        sm.load_dataset("gaussians", size=20, separation=1e300)
+    # generator options: checked before numpy allocates (n_classes=10**12 tried 14.6 TiB)
+    for kw, err, match in (({"n_classes": 10 ** 12}, ValueError, r"n_classes: expected an int <= 10 \(at least two"),
+                           ({"n_classes": 1}, ValueError, "n_classes: expected an int >= 2"),
+                           ({"n_classes": 2.5}, TypeError, "n_classes: expected an int"),
+                           ({"dim": 10 ** 12}, ValueError, r"dim: expected an int <= 500000 \(size \* dim"),
+                           ({"dim": -3}, ValueError, "dim: expected an int >= 1"),
+                           ({"separation": "3"}, TypeError, "separation: expected a real number"),
+                           ({"separation": math.nan}, ValueError, "separation: expected a finite number")):
+        with pytest.raises(err, match=match):
+            sm.load_dataset("gaussians", size=20, **kw)
+    with pytest.raises(ValueError, match="turns: expected a finite number >= 0"):
+        sm.load_dataset("spirals", size=20, turns=-1.0)
+    with pytest.raises(TypeError, match="n_classes: expected an int"):
+        sm.load_dataset("spirals", size=20, n_classes=True)
     with pytest.raises(ValueError, match=r"seed: expected an int <= 9223372036854775807"):
         sm.load_dataset("gaussians", size=20, seed=2 ** 70)
     p = tmp_path / "d.npz"

@@ -220,8 +220,15 @@ def _recipes() -> list[Recipe]:
     add(Recipe("load_dataset", {"name": Arg(_const("gaussians"), "choice"), "split": Arg(_const("train"), "choice"),
                                 "seed": Arg(_const(0), "seed"), "size": Arg(_const(20), "count"),
                                 "noise": Arg(_const(0.1), "positive", expect={"huge": "either"}),
-                                "test_fraction": Arg(_const(0.2), "fraction")},
+                                "test_fraction": Arg(_const(0.2), "fraction"),
+                                "standardize": Arg(_const("feature"), "choice", expect={"none": "either"}),
+                                "n_classes": Arg(_const(2), "count"), "dim": Arg(_const(2), "count"),
+                                "separation": Arg(_const(3.0), "positive", expect={"zero": "either",
+                                                                                   "negative": "either"})},
                positional=("name",), check=_constructed, key=lambda d: numbers(d.X)))
+    add(Recipe("load_dataset", {"name": Arg(_const("spirals"), "fixed"), "size": Arg(_const(20), "count"),
+                                "n_classes": Arg(_const(3), "count"), "turns": Arg(_const(1.5), "positive")},
+               positional=("name",), variant="spirals", check=_constructed, key=lambda d: numbers(d.X)))
     # messages about the file's content name the file (bad.npz['X']) or the argument
     add(Recipe("load_npz", {"path": Arg(_temp_npz, "npz", aliases=("bad.npz", "bad.npz['X']", "bad.npz['y']")), "split": Arg(_const("both"), "choice"),
                             "seed": Arg(_const(0), "seed"), "test_fraction": Arg(_const(0.2), "fraction")},
