@@ -384,7 +384,7 @@ def _recipes() -> list[Recipe]:
                positional=("model", "x1", "x2"), key=lambda g: numbers(g.overlaps)))
     add(Recipe("network_gates", {"model": Arg(dlgn, "model"), "x": F(features)}, positional=("model", "x")))
     add(Recipe("kernel_target_alignment", {"kernel": Arg(kernel, "kernel", invariant=SCALE),
-                                           "y": Arg(labels, "labels")},
+                                           "y": Arg(labels, "labels"), "centered": Arg(_const(True), "flag")},
                positional=("kernel", "y"), check=alignment_range, key=lambda v: [v]))
     add(Recipe("kernel_alignment", {"kernel1": Arg(kernel, "kernel", invariant=SCALE),
                                     "kernel2": Arg(kernel2, "kernel", invariant=SCALE)},
@@ -441,7 +441,9 @@ def _recipes() -> list[Recipe]:
     claim_common = dict(name=Arg(_const("c"), "name"), paper=Arg(_const("P"), "name"),
                         statement=Arg(_const("s"), "name"),
                         confidence=Arg(_const(0.9), "fraction"), n_boot=Arg(_const(200), "count"),
-                        min_seeds=Arg(_const(2), "count"), table=Arg(small_table, "frame"))
+                        min_seeds=Arg(_const(2), "count"), table=Arg(small_table, "frame"),
+                        random_state=Arg(_const(0), "seed"), seed=Arg(_const("seed"), "name"),
+                        where=Arg(_const({"layer": [1, 2, 3]}), "mapping", expect={"empty": "either"}))
 
     def claim_recipe(cname: str, **extra: Arg) -> Recipe:
         return Recipe(cname, {**claim_common, **extra}, call=lambda **kw: _evaluate_claim(cname, kw),
