@@ -173,6 +173,32 @@ def _npz_mutations() -> list[Mutation]:
 
 KINDS["npz"] = _npz_mutations
 
+
+def _damaged(study_dir: str, damage) -> str:
+    d = Path(study_dir)
+    damage(d)
+    return str(d)
+
+
+def _study_mutations() -> list[Mutation]:
+    """A study output folder: the path, and damaged files inside it."""
+    rng = np.random.default_rng(0)
+    return KINDS["path"]() + [
+        Mutation("no_study_json", lambda v: _damaged(v, lambda d: (d / "study.json").unlink()), "error", "file"),
+        Mutation("garbage_study_json", lambda v: _damaged(v, lambda d: (d / "study.json").write_text("{not json")),
+                 "error", "file"),
+        Mutation("study_json_list", lambda v: _damaged(v, lambda d: (d / "study.json").write_text("[1, 2]")),
+                 "error", "file"),
+        Mutation("garbage_parquet", lambda v: _damaged(v, lambda d: (d / "tables" / "results.parquet").write_bytes(
+            rng.bytes(200))), "either", "file"),
+        Mutation("truncated_csv", lambda v: _damaged(v, lambda d: (d / "tables" / "results.csv").write_text(
+            "layer,val")), "either", "file"),
+        Mutation("no_tables", lambda v: _damaged(v, lambda d: shutil.rmtree(d / "tables")), "error", "file"),
+    ]
+
+
+KINDS["study"] = _study_mutations
+
 _STUDY_ROOT: list[Path] = []
 
 
@@ -476,9 +502,13 @@ def _recipes() -> list[Recipe]:
                               "kind": Arg(_const("line"), "choice"), "x": Arg(_const("layer"), "name"),
                               "y": Arg(_const("value"), "name"), "height": Arg(_const(3.0), "positive")},
                check=_constructed, key=lambda f: []))
-    add(Recipe("write_report", {"out_dir": Arg(_study_root, "path")},
+    add(Recipe("write_report", {"out_dir": Arg(_study_root, "path"),
+                                "reference": Arg(_study_root, "path", expect={"empty": "either"})},
                positional=("out_dir",), check=_constructed, key=lambda d: []))
-    add(Recipe("write_study_report", {"study_dir": Arg(lambda: str(Path(_study_root()) / "catalogue"), "path"),
+    # messages about a damaged file may name the file (study.json, results.parquet) instead of study_dir
+    add(Recipe("write_study_report", {"study_dir": Arg(lambda: str(Path(_study_root()) / "catalogue"), "study",
+                                                       aliases=("study.json", "results.parquet", "results.csv",
+                                                                "tables")),
                                       "index": Arg(_const(False), "flag")},
                positional=("study_dir",), check=_constructed, key=lambda d: []))
     add(Recipe("Study", {"name": Arg(_const("s"), "name"), "run_one": Arg(_const(lambda w, seed: {"v": w}), "object"),
