@@ -141,3 +141,38 @@ def test_untraceable_model_error_names_the_construct_and_the_remedy():
     net = nn.Sequential(nn.Linear(3, 4), Branchy())
     acts = record(net, torch.randn(2, 3), layers="1", pool="mean", progress=False)
     assert acts["1"].shape == (2, 4)
+
+
+def test_default_selection_records_every_layer_of_a_resnet_and_skips_empty_containers():
+    """layers=None takes every leaf module but not an empty nn.Sequential (the identity shortcut of
+    a ResNet block: its layout is its input's, which a hook cannot tell) nor an empty ModuleList
+    (never called); pool="mean" then works on the whole ResNet-18 and on an MLP that keeps its
+    layers in ModuleLists, and each recorded mean is the spatial mean of a hand-run forward pass."""
+    torch.manual_seed(0)
+    net = zoo.resnet18(width=4).double().eval()
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    acts = record(net, x, pool="mean", progress=False)
+    shortcut = net.layer1[0].shortcut
+    assert isinstance(shortcut, torch.nn.Sequential) and len(shortcut) == 0
+    assert "layer1.0.shortcut" not in acts and "layer2.0.shortcut.0" in acts
+    leaves = [n for n, m in net.named_modules() if n and next(m.children(), None) is None and n != "layer1.0.shortcut"
+              and not (isinstance(m, torch.nn.Sequential) and len(m) == 0)]
+    assert sorted(acts) == sorted(leaves)
+    stem = net.bn1(net.conv1(x))
+    torch.testing.assert_close(acts["bn1"], stem.mean(dim=(2, 3)))
+    torch.testing.assert_close(acts["linear"], net(x))
+
+    class ListMLP(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fcs = torch.nn.ModuleList([torch.nn.Linear(4, 5), torch.nn.Linear(5, 2)])
+            self.unused = torch.nn.ModuleList()
+
+        def forward(self, x):
+            return self.fcs[1](torch.relu(self.fcs[0](x)))
+
+    m = ListMLP().double()
+    z = torch.randn(6, 4, dtype=torch.float64)
+    got = record(m, z, pool="mean", progress=False)
+    assert sorted(got) == ["fcs.0", "fcs.1"]
+    torch.testing.assert_close(got["fcs.1"], m(z))

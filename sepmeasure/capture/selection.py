@@ -60,6 +60,10 @@ def _match_one(spec: Any, named: list[tuple[str, nn.Module]], name: str) -> list
                     f"got {describe(spec)}")
 
 
+#: Containers: with no children they are not layers (identity, or never called).
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
 def select_layers(model: nn.Module, layers: LayerSelector = None,
                   *, name: str = "layers") -> list[tuple[str, nn.Module]]:
     """Resolve a layer selector to ``(name, module)`` pairs in registration order.
@@ -76,7 +80,9 @@ def select_layers(model: nn.Module, layers: LayerSelector = None,
         a module instance that submodule; a callable ``f(name, module)``
         every submodule for which it returns true; a list or tuple the union
         of its items. ``None`` selects every leaf submodule (one without
-        children).
+        children) except empty containers (an empty ``nn.Sequential``, e.g. a
+        ResNet's identity shortcut, returns its input; an empty ``ModuleList`` or
+        ``ModuleDict`` never runs).
     name : str
         Argument name used in error messages.
 
@@ -102,7 +108,8 @@ def select_layers(model: nn.Module, layers: LayerSelector = None,
     """
     named = [(n, m) for n, m in model.named_modules() if n != ""]
     if layers is None:
-        chosen = [i for i, (_, m) in enumerate(named) if next(m.children(), None) is None]
+        chosen = [i for i, (_, m) in enumerate(named) if next(m.children(), None) is None
+                  and not isinstance(m, _CONTAINERS)]
     else:
         items = list(layers) if isinstance(layers, (list, tuple)) else [layers]
         if not items:
