@@ -115,9 +115,11 @@ def test_one_vs_rest_and_explicit_pairs_in_the_batch(batch_calls):
     assert batch_calls[0][0] == 4 and (2, 0) in [(n, 0) for n, _ in batch_calls]
 
 
-def test_pairs_handed_on_finish_one_by_one(monkeypatch, batch_calls):
-    # a batch that cannot hold any working set hands every pair to the one-pair rounds after one round
-    monkeypatch.setattr(batched_module, "BATCH_MAX_WORKING_SET", 1)
+@pytest.mark.parametrize("limit", ["BATCH_MAX_WORKING_SET", "PIVOT_STEPS"])
+def test_pairs_handed_on_finish_one_by_one(monkeypatch, batch_calls, limit):
+    # a batch that cannot hold any working set, or whose pivoting stops after one step, hands pairs
+    # to the one-pair rounds, which continue from where the batch left them
+    monkeypatch.setattr(batched_module, limit, 1)
     X, y = pool([40] * 4, 10, 1.0, 4)
     res = pairwise_hull_distances(X, y, progress=False)
     assert batch_calls[0][1] > 0              # pairs were handed on

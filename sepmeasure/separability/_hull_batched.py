@@ -6,17 +6,19 @@ no Python loop over pairs:
 
 * the working sets are padded to one size ``K`` (a mask marks the entries in use) and their
   Gram matrices form one ``(P, K, K)`` tensor;
-* the small problems (the minimum norm of ``sum_k x_k y_k`` over the product of two simplices)
-  are solved by one batched primal active-set method: a proximal equality-constrained step on
-  a batched Cholesky factor of the Gram matrix of the free weights, a batched ratio test that
-  fixes the weights reaching zero, until no pair has a blocking weight;
+* the small problems (the minimum norm of ``sum_k x_k y_k`` over the product of two simplices,
+  with a ridge of 1e-10) are solved by one batched block principal pivoting method: the
+  equality-constrained minimiser on the free weights from a batched Cholesky factor, then all
+  negative weights fixed and all fixed weights with negative multipliers freed at once, until
+  no pair has an infeasible entry (:func:`_inner_solve`);
 * one matrix product gives the scores of every point of every pair; the certificate
   (``upper`` = the norm of the point, ``lower`` = the margin of its hyperplane) and the points
   that violate the optimality conditions most are read from it with masked reductions.
 
 A pair leaves the batch when it is certified within tolerance, when it reaches ``max_iter``,
 or when the plain rounds no longer make progress (no violator left, the distance stagnates,
-a factorisation fails, or its working set outgrows :data:`BATCH_MAX_WORKING_SET`): it then
+a factorisation fails, the pivoting needs more than :data:`PIVOT_STEPS` steps, or its working
+set outgrows :data:`BATCH_MAX_WORKING_SET`): it then
 continues in the one-pair-at-a-time rounds of :mod:`._hull_native`, which also refine the
 support by QR, warm-started from where the batch left it.
 """
@@ -30,9 +32,10 @@ import torch
 from ._hull_native import RIDGE, PairState, WorkingSet
 from ._hull_result import SEPARABLE_FLOOR, HullDistance
 
-__all__ = ["batched_rounds", "states_left", "finish_batch", "BatchOutcome", "BATCH_MAX_WORKING_SET"]
+__all__ = ["batched_rounds", "states_left", "finish_batch", "BatchOutcome", "BATCH_MAX_WORKING_SET", "PIVOT_STEPS"]
 
 BATCH_MAX_WORKING_SET = 256     # a pair whose working set outgrows this continues on its own
+PIVOT_STEPS = 25                # pivoting steps per round; a pair that needs more continues on its own
 
 
 def _pad(seqs: list[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,81 +57,77 @@ def _compact(keep: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, 
 
 def _inner_solve(H: torch.Tensor, x: torch.Tensor, valid: torch.Tensor, in_b: torch.Tensor,
                  max_steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Minimise ``x @ H @ x`` over both simplices from the feasible ``x``, for every pair at once.
+    """Minimise ``x @ (H + eps I) @ x`` over both simplices, for every pair at once.
 
-    Returns ``(x, active, ok)``: the weights (0 where fixed), the entries still free and, per
-    pair, whether the method settled (a failed factorisation or too many steps: ``False``).
+    Block principal pivoting (Júdice and Pires 1994; Kim and Park 2011, for NNLS): the
+    equality-constrained minimiser on the free entries is solved exactly (batched Cholesky of the
+    free block plus a 2 x 2 Schur complement for the two sums); every free entry that turns
+    negative is fixed at zero and every fixed entry whose multiplier is negative is freed, all at
+    once; a pair whose count of infeasible entries has not dropped for three steps exchanges only
+    its last infeasible entry (the backup rule that makes the method finite). ``eps`` is a ridge
+    of ``1e-10`` of the mean diagonal, which makes the problem strictly convex.
+
+    Returns ``(x, active, ok)``: the weights (0 where fixed), the free entries and, per pair,
+    whether it settled (``False``: a factorisation failed or ``max_steps`` ran out; ``x`` is then
+    the feasible start, every valid entry free).
     """
     p, K = x.shape
-    dt = H.dtype
+    dt, dev = H.dtype, H.device
     diag = H.diagonal(dim1=1, dim2=2)
     mean_diag = (diag * valid).sum(1) / valid.sum(1).clamp_min(1)
     eps = torch.where(mean_diag > 0, RIDGE * mean_diag, torch.ones_like(mean_diag))
     x = x.clone()
     active = valid.clone()
-    ok = torch.ones(p, dtype=torch.bool, device=x.device)
-    todo = torch.arange(p, device=x.device)
+    ok = torch.zeros(p, dtype=torch.bool, device=dev)
+    best = torch.full((p,), K + 1, dtype=torch.long, device=dev)
+    budget = torch.full((p,), 3, dtype=torch.long, device=dev)
+    cols = torch.arange(K, device=dev)
+    todo = torch.arange(p, device=dev)
     for _ in range(max_steps):
         if todo.numel() == 0:
-            return x, active, ok
+            break
         act = active[todo].to(dt)
-        xs, es = x[todo], eps[todo]
-        Ht = H[todo]
-
-        def factor(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            M = Ht * act[:, :, None] * act[:, None, :]
-            M.diagonal(dim1=1, dim2=2).add_(e[:, None] * act + (1 - act))
-            return torch.linalg.cholesky_ex(M)
-
-        L, info = factor(es)
+        Ht, es = H[todo], eps[todo]
+        M = Ht * act[:, :, None] * act[:, None, :]
+        M.diagonal(dim1=1, dim2=2).add_(es[:, None] * act + (1 - act))
+        L, info = torch.linalg.cholesky_ex(M)
         bad = info != 0
-        for _retry in range(5):
-            if not bool(bad.any()):
-                break
-            es = torch.where(bad, es * 100.0, es)
-            L2, info = factor(es)
-            L = torch.where(bad[:, None, None], L2, L)
-            bad = bad & (info != 0)
-        if bool(bad.any()):
-            ok[todo[bad]] = False
-            keep = ~bad
-            todo, act, xs, es, L = todo[keep], act[keep], xs[keep], es[keep], L[keep]
-            if todo.numel() == 0:
-                return x, active, ok
         ib = in_b[todo].to(dt)
         E = torch.stack([act * (1 - ib), act * ib], 1)                      # (q, 2, K)
         Zc = torch.cholesky_solve(E.mT.contiguous(), L)                     # (q, K, 2)
         S = E @ Zc                                                          # (q, 2, 2)
         det = S[:, 0, 0] * S[:, 1, 1] - S[:, 0, 1] * S[:, 1, 0]
-        Sinv = torch.stack([torch.stack([S[:, 1, 1], -S[:, 0, 1]], 1),
-                            torch.stack([-S[:, 1, 0], S[:, 0, 0]], 1)], 1) / det[:, None, None]
-
-        def prox(xv: torch.Tensor) -> torch.Tensor:
-            v = torch.cholesky_solve((es[:, None] * xv)[:, :, None], L)
-            kappa = Sinv @ (1 - E @ v)
-            return (v + Zc @ kappa)[:, :, 0] * act
-
-        y = prox(xs)
-        neg = (act > 0) & (y <= 0)
-        has_neg = neg.any(1)
-        # a step with every free weight positive is the minimiser on the free set (up to the ridge): settled
-        settled = ~has_neg
-        xs = torch.where(settled[:, None], y, xs)
-        if bool(has_neg.any()):
-            ratios = torch.where(neg, xs / (xs - y).clamp_min(1e-300), torch.full_like(xs, math.inf))
-            t, j = ratios.min(1)
-            t = torch.where(has_neg, t, torch.zeros_like(t))
-            xn = (xs + t[:, None] * (y - xs)).clamp_min(0)
-            hit = neg & (xn <= 0)
-            hit = hit | (torch.nn.functional.one_hot(j, K).bool() & has_neg[:, None])
-            xn = xn.masked_fill(hit, 0.0)
-            xs = torch.where(has_neg[:, None], xn, xs)
-            act_new = active[todo] & ~hit
-            active[todo] = act_new
-        x[todo] = xs
-        todo = todo[~settled]
-    ok[todo] = False
-    return x, active, ok
+        kappa = torch.stack([S[:, 1, 1] - S[:, 0, 1], S[:, 0, 0] - S[:, 1, 0]], 1) / det[:, None]
+        y = (Zc @ kappa[:, :, None])[:, :, 0] * act                         # minimiser on the free entries
+        bad = bad | ~torch.isfinite(y).all(1) | ~(det > 0)
+        g = (Ht @ y[:, :, None])[:, :, 0] + es[:, None] * y                 # gradient; = kappa on the free ones
+        mu = g - torch.where(ib > 0, kappa[:, 1:2], kappa[:, 0:1])
+        thr = 1e-11 * (g.abs() * act).amax(1, keepdim=True)
+        vt = valid[todo]
+        drop = (act > 0) & (y < 0)
+        free = vt & (act == 0) & (mu < -thr)
+        infeasible = drop | free
+        n_inf = infeasible.sum(1)
+        settled = (n_inf == 0) & ~bad
+        x[todo[settled]] = y[settled]
+        ok[todo[settled]] = True
+        # exchange: all infeasible entries while their count drops (or within three tries), else the last one
+        bt, bud = best[todo], budget[todo]
+        improved = n_inf < bt
+        bt = torch.where(improved, n_inf, bt)
+        bud = torch.where(improved, torch.full_like(bud, 3), bud - 1)
+        single = ~improved & (bud < 0)
+        last = torch.where(infeasible, cols, -1).amax(1)
+        one = torch.nn.functional.one_hot(last.clamp_min(0), K).bool() & infeasible
+        swap = torch.where(single[:, None], one, infeasible)
+        best[todo], budget[todo] = bt, torch.where(single, torch.zeros_like(bud), bud)
+        active[todo] = active[todo] ^ swap
+        keep = ~settled & ~bad
+        todo = todo[keep]
+    # pairs that did not settle keep their feasible start, all of its entries free
+    lost = ~ok
+    active[lost] = valid[lost]
+    return x, active & (x > 0) | (active & ~ok[:, None]), ok
 
 
 class BatchOutcome:
@@ -197,7 +196,7 @@ def batched_rounds(pairs: list[tuple[torch.Tensor, torch.Tensor]], Xw: torch.Ten
     while al.numel():
         Y = sign[al].gather(1, q)[:, :, None] * (Xw[rows[al].gather(1, q)] - C[al][:, None, :]) * wv[:, :, None]
         H = Y @ Y.mT
-        x, active, ok = _inner_solve(H, x, wv, ws_b, max_steps=4 * q.shape[1] + 50)
+        x, active, ok = _inner_solve(H, x, wv, ws_b, max_steps=PIVOT_STEPS)
         xa = x * active
         sa_ = (xa * ~ws_b).sum(1, keepdim=True)
         sb_ = (xa * ws_b).sum(1, keepdim=True)
