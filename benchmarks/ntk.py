@@ -16,8 +16,15 @@ relative Frobenius error against the jacobian kernel.
   ``.npz``; it checks its kernel equals ours (float64 reference) before timing. Without that
   environment only our columns are printed.
 
+* against ``method="jacobian"``: a plain-torch CIFAR-style ResNet-18 of width 8 (BatchNorm in eval
+  with random running statistics), 16 inputs, trace and full kernels.
+
+Both comparisons print ``time ours / time reference`` (below 1: ours faster) and the speed-up, each
+time the best of 3 runs after a warm-up.
+
 Run: ``python benchmarks/ntk.py`` (``--quick`` for 64 rows instead of 256 and a 512-row trace;
-``--peers-only`` for the neural-tangents comparison alone, ``--peers-n 32 64`` its sizes).
+``--peers-only`` for the neural-tangents and ResNet-18 comparisons alone, ``--peers-n 32 64`` the CNN's
+sizes).
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sepmeasure.data import load_dataset
@@ -142,6 +150,79 @@ def cifar_cnn(widths=(32, 64, 64), strides=(1, 2, 2), in_channels: int = 3, clas
     return nn.Sequential(*layers, GlobalAvgPool(), nn.Linear(chans[-1], classes))
 
 
+class BasicBlock(nn.Module):
+    """ResNet basic block in plain torch: conv-BN-relu-conv-BN plus identity or 1×1 shortcut."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """CIFAR-style ResNet-18 in plain torch: 3×3 stem, four stages of two basic blocks, ``width`` channels
+    in the first stage, average pool, linear."""
+
+    def __init__(self, width: int = 8, classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        stages, planes = [], width
+        for i, mult in enumerate((1, 2, 4, 8)):
+            stages.append(nn.Sequential(BasicBlock(planes, width * mult, 1 if i == 0 else 2),
+                                        BasicBlock(width * mult, width * mult)))
+            planes = width * mult
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.linear = nn.Linear(8 * width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return self.linear(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
+
+
+def resnet_case(n: int = 16, width: int = 8, repeats: int = 3) -> dict:
+    """ResNet-18 (BatchNorm in eval, random running statistics) against ``method="jacobian"``: trace and
+    full kernels of ``n`` CIFAR-shaped inputs, float32, best of ``repeats`` after a warm-up."""
+    seed_everything(0)
+    model = ResNet18(width).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+    x = torch.randn(n, 3, 32, 32)
+    rows = {}
+    for output in ("trace", "full"):
+        ref64 = empirical_ntk(model.double(), x.double(), method="jacobian", output=output, progress=False)
+        model.float()
+        row = {}
+        for method in ("auto", "structured", "jacobian"):
+            t, k = _best_of(lambda: empirical_ntk(model, x, method=method, output=output, progress=False), repeats)
+            row[method] = t
+            row[f"{method}_rel_error"] = float((k.double() - ref64).norm() / ref64.norm())
+        rows[output] = row
+        print(f"  resnet18 width {width}, {n} inputs, {output:>5}: auto {row['auto']:7.3f} s, structured "
+              f"{row['structured']:7.3f} s (err {row['structured_rel_error']:.1e}), jacobian {row['jacobian']:7.3f} s "
+              f"(err {row['jacobian_rel_error']:.1e})"
+              f" → time ours (auto) / jacobian {row['auto'] / row['jacobian']:.2f} "
+              f"(speed-up {row['jacobian'] / row['auto']:.2f}×)")
+    return rows
+
+
 def export_layers(model: nn.Sequential) -> list[dict]:
     """The layer list ``benchmarks/peers/nt_ntk.py`` rebuilds in JAX (weights under torch names)."""
     spec = []
@@ -172,7 +253,7 @@ def _best_of(fn, repeats: int) -> tuple[float, torch.Tensor]:
     return best, out
 
 
-def peers(sizes: list[int], quick: bool, repeats: int = 2) -> dict:
+def peers(sizes: list[int], quick: bool, repeats: int = 3) -> dict:
     """sepmeasure against neural-tangents on the same weights and inputs; returns the rows printed."""
     seed_everything(0)
     cases = {}
@@ -218,7 +299,8 @@ def peers(sizes: list[int], quick: bool, repeats: int = 2) -> dict:
             nt_row = theirs["cases"][case]
             fastest = min(nt_row, key=lambda m: nt_row[m]["seconds"])
             t_nt = nt_row[fastest]["seconds"]
-            line += f"; neural-tangents fastest ({fastest}) {t_nt:7.3f} s → sepmeasure auto {t_nt / row['auto']:.2f}×"
+            line += (f"; neural-tangents fastest ({fastest}) {t_nt:7.3f} s → time ours (auto) / neural-tangents "
+                     f"{row['auto'] / t_nt:.2f} (speed-up {t_nt / row['auto']:.2f}×)")
             row["neural_tangents"] = nt_row
         print(line)
     return {"ours": ours, "peers": theirs}
@@ -238,6 +320,8 @@ def main() -> None:
     if args.peers_only:
         print(f"== against neural-tangents, full kernels, float32 (sizes {sizes})")
         peers(sizes, args.quick)
+        print("\n== ResNet-18 (plain torch, BatchNorm in eval) against method='jacobian', float32")
+        resnet_case()
         return
     n = 64 if args.quick else 256
     n_trace = 512 if args.quick else 2048
@@ -267,6 +351,8 @@ def main() -> None:
           f"({mlp['structured']['speedup_vs_jacobian']:.0f}×); faster than ntvp: {'met' if ok_ntvp else 'NOT met'}")
     print(f"\n== against neural-tangents, full kernels, float32 (sizes {sizes})")
     peers(sizes, args.quick)
+    print("\n== ResNet-18 (plain torch, BatchNorm in eval) against method='jacobian', float32")
+    resnet_case(n=8 if args.quick else 16)
     print(f"peak RSS of this process (jacobian blocks of {REFERENCE_BLOCKS['jacobian']} rows): "
           f"{peak_rss_gib():.2f} GiB")
 
