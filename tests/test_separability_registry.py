@@ -47,7 +47,9 @@ def test_options_mapping_reaches_the_measures_and_equals_direct_calls():
     A, B = X[y == 0], X[y == 2]
     rows = table[(table.class_a == 0) & (table.class_b == 2)].set_index("measure")
     h = hull_distance(A, B, tol=1e-4)
-    assert rows.loc["hull_distance", "value"] == pytest.approx(h.distance, rel=1e-4)
+    # where the hulls meet, any distance below zero_tol * scale is the answer (the batched rounds of the
+    # table stop there, like the single call, but not at the same point)
+    assert rows.loc["hull_distance", "value"] == pytest.approx(h.distance, rel=1e-4, abs=h.zero_tol * h.scale)
     assert rows.loc["md_lsm", "value"] == md_lsm(A, B, method="approx", steps=10, n_starts=1, seed=2).value
     assert rows.loc["separable_subset", "value"] == separable_subset_fraction(A, B, steps=5, seed=2).value
     p = linear_probe(A, B, test_fraction=0.5, l2=0.1, seed=2)

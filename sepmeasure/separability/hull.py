@@ -31,8 +31,11 @@ dot products, about :math:`10^{-15}` of the data's scale). The two solvers are
   reach zero fixed through a Schur complement, and a QR refinement of the support that recovers
   the direction of the closest point accurately), then grown by the points that violate its
   optimality conditions most. Many pairs of sets drawn from one pool of points (all one-vs-one
-  pairs of a layer) are solved together: the full passes over the data for all pairs are one
-  matrix product per round. It stops when its certified gap is below ``tol`` and says so in
+  pairs of a layer) are solved together: every round solves the working-set problems of all
+  pairs in one batched solve (block principal pivoting on batched Cholesky factors, module
+  ``_hull_batched``) and scores every point for every pair in one matrix product; the few pairs
+  that stall there (and single pairs, faster alone) continue with the one-pair rounds above
+  (module ``_hull_native``). It stops when its certified gap is below ``tol`` and says so in
   ``status`` when it does not get there.
 * ``"reference"`` — the same problem as a second-order cone program through cvxpy (Clarabel by
   default), checked with the same certificate.
@@ -109,7 +112,9 @@ def hull_distance(A: Any, B: Any, *, method: str = "auto", tol: float = 1e-6, ze
         A previous result for sets of the same sizes (for instance the same samples one epoch
         earlier): its support starts the working set.
     working_set : int, default 64
-        Points added per set and round by the native solver.
+        Points added per set and round by the native solver (at most; the batched rounds of
+        :func:`pairwise_hull_distances` add at most the number of starting points per set,
+        between 8 and 64 depending on the dimension, which keeps their problems small).
 
     Returns
     -------
