@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from ..validation import check_choice, check_int, check_positive, describe
+from ..validation import check_choice, check_int, check_positive, check_seed, describe
 from .hull import HullDistance, HullOptions, count_disjoint_overlaps, hull_distance_core
 from .pointsets import SpanCoordinates, to_span_direction
 from .probe import logistic_core
@@ -32,13 +32,20 @@ T = TypeVar("T")
 # Arguments
 # ----------------------------------------------------------------------------
 
+#: Largest ``n_starts`` and ``steps`` of the approximate search (far beyond any useful value; they
+#: keep a typo such as ``10**12`` from allocating terabytes).
+MAX_STARTS = 10_000
+MAX_STEPS = 1_000_000
+
+
 def check_search_options(method: Any, seed: Any, n_starts: Any, steps: Any,
                          methods: tuple[str, ...] = METHODS) -> tuple[str, int, int, int]:
     """Check ``method`` (one of ``methods``) and the arguments of the approximate search."""
     check_choice(method, "method", methods)
-    seed = check_int(seed, "seed", minimum=0)
-    n_starts = check_int(n_starts, "n_starts", minimum=0)
-    steps = check_int(steps, "steps", minimum=0)
+    seed = check_seed(seed)
+    n_starts = check_int(n_starts, "n_starts", minimum=0, maximum=MAX_STARTS,
+                         why="each start is a direction held and climbed at once")
+    steps = check_int(steps, "steps", minimum=0, maximum=MAX_STEPS, why="the climb's schedule is held in memory")
     return method, seed, n_starts, steps
 
 

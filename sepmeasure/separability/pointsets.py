@@ -8,9 +8,10 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
-from ..validation import check_features, describe
+from ..validation import check_features, check_int, describe
 
 __all__ = ["check_point_sets", "check_direction", "class_pairs", "span_coordinates", "SpanCoordinates",
            "to_span_direction", "standardised", "standardise", "Standardised", "power_of_two_scale"]
@@ -189,7 +190,11 @@ def class_pairs(labels: torch.Tensor, pairs: Any, name: str = "pairs",
     """
     present = [int(c) for c in torch.unique(labels).tolist()]
     if classes is not None:
-        wanted = [int(c) for c in classes]
+        if isinstance(classes, (torch.Tensor, np.ndarray)):
+            classes = classes.tolist()
+        if isinstance(classes, (str, bytes)) or not isinstance(classes, (list, tuple, range)):
+            raise TypeError(f"classes: expected a sequence of int labels, got {describe(classes)}")
+        wanted = [check_int(c, f"classes[{i}]") for i, c in enumerate(classes)]
         missing = [c for c in wanted if c not in present]
         if missing:
             raise ValueError(f"classes: expected labels present in the data {present}, got {missing}")

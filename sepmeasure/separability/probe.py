@@ -6,12 +6,13 @@ device the features are on (CPU or CUDA) and gives the same answer up to floatin
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..validation import check_features, check_fraction, check_int, check_labels, check_positive, describe
+from ..validation import check_features, check_fraction, check_int, check_labels, check_positive, check_seed, describe
 from .heldout import check_test_sets
 from .options import check_option_names, options_from_signature
 from .pointsets import check_point_sets
@@ -196,6 +197,9 @@ def logistic_core(X: torch.Tensor, y: torch.Tensor, *, l2: float, max_iter: int,
         opt.step(closure)
     w_in = (w.detach() / std)
     b_in = float(b.detach() - (w.detach() * mean / std).sum())
+    if not (bool(torch.isfinite(w_in).all()) and math.isfinite(b_in)):
+        raise ValueError(f"l2: the logistic fit overflowed with l2={l2!r} (its weights are not finite); expected "
+                         f"a smaller penalty (the features are standardised, so l2 is on a unit scale)")
     return w_in, b_in
 
 
@@ -267,7 +271,7 @@ def check_probe_options(**given: Any) -> Any:
     check_option_names(given, ProbeOptions, "linear_probe")
     o = ProbeOptions(**given)
     return dataclasses.replace(o, test_fraction=check_fraction(o.test_fraction, "test_fraction"),
-                               seed=check_int(o.seed, "seed", minimum=0),
+                               seed=check_seed(o.seed),
                                l2=check_positive(o.l2, "l2", strict=False),
                                max_iter=check_int(o.max_iter, "max_iter", minimum=1))
 

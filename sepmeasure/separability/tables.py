@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from .._progress import progress_bar, wanted
-from ..validation import check_features, check_int, check_labels, describe
+from ..validation import check_features, check_int, check_labels, check_seed, describe
 from .heldout import stratified_split
 from .hull import solve_pairs
 from .pointsets import class_pairs
@@ -55,7 +55,7 @@ def balanced_subsample(labels: torch.Tensor, max_per_class: int | None, seed: in
     [0, 2, 3, 4]
     """
     y = check_labels(labels, "labels").cpu()
-    seed = check_int(seed, "seed", minimum=0)
+    seed = check_seed(seed)
     if max_per_class is not None:
         max_per_class = check_int(max_per_class, "max_per_class", minimum=1)
     if max_per_class is None:
@@ -111,7 +111,7 @@ def class_subsample(labels: torch.Tensor, classes: Sequence[int], per_class: int
     """
     y = check_labels(labels, "labels").cpu()
     per_class = check_int(per_class, "per_class", minimum=1)
-    seed = check_int(seed, "seed", minimum=0)
+    seed = check_seed(seed)
     if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence) or len(classes) == 0:
         raise ValueError(f"classes: expected a non-empty sequence of class labels, got {describe(classes)}")
     present = set(torch.unique(y).tolist())
@@ -321,7 +321,7 @@ def layer_separability(activations: Any, labels: Any = None,
         if labels is None:
             raise ValueError("labels: expected class labels (or activations with a .labels attribute), got None")
     measures = check_measures(measures)
-    seed = check_int(seed, "seed", minimum=0)
+    seed = check_seed(seed)
     wanted(progress)  # checks the argument before any work
     if max_per_class is not None:
         max_per_class = check_int(max_per_class, "max_per_class", minimum=1)
@@ -461,6 +461,11 @@ def separability_summary(table: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise ValueError(f"table: expected columns {sorted(needed)}, got {list(table.columns)} "
                          f"(missing {sorted(missing)})")
+    not_numeric = [c for c in ("value", "lower", "upper") if not pd.api.types.is_numeric_dtype(table[c])
+                   or pd.api.types.is_bool_dtype(table[c])]
+    if not_numeric:
+        raise ValueError(f"table: expected numeric columns value, lower and upper, got "
+                         f"{', '.join(f'{c} of dtype {table[c].dtype}' for c in not_numeric)}")
     keys = [c for c in ("epoch", "step", "layer", "measure") if c in table.columns]
     t = table.copy()
     certified = pd.Series(float("nan"), index=t.index)
