@@ -117,3 +117,18 @@ def test_processes_and_dask_equal_local(tmp_path):
             Client(cluster) as client:
         disk = empirical_ntk(model, x, x[:7], block_size=4, executor=client, out=tmp_path / "d.npy")
     np.testing.assert_allclose(disk, empirical_ntk(model, x, x[:7], block_size=4).numpy(), rtol=1e-12, atol=0)
+
+
+def test_an_overflowing_kernel_is_an_error_in_memory_and_on_disk(tmp_path):
+    """Finite float32 inputs of 1e30 overflow the full NTK: an error naming the inputs, never inf/NaN
+    returned; the same inputs at 1 give a finite kernel."""
+    import sepmeasure as sm
+
+    torch.manual_seed(0)
+    model = sm.MLP(3, [4], 2)
+    x = torch.randn(5, 3)
+    assert bool(torch.isfinite(sm.empirical_ntk(model, x, progress=False)).all())
+    with pytest.raises(ValueError, match=r"x1, x2: the NTK overflows torch.float32"):
+        sm.empirical_ntk(model, x * 1e30, progress=False)
+    with pytest.raises(ValueError, match=r"x1, x2: the NTK overflows float32"):
+        sm.empirical_ntk(model, x * 1e30, out=tmp_path / "k.npy", progress=False)

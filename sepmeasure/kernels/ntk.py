@@ -429,9 +429,23 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = 
                           output=output, params=list(problem.params), block_size=size, symmetric=symmetric)
         sink = NpySink(out, grid, shape, ref.dtype, key)
     fill_blocks(grid, sink, producer(executor, job), progress=progress, desc=f"ntk ({method})")
-    if out is None:
-        return sink.result
-    return sink.result()
+    result = sink.result if out is None else sink.result()
+    _check_finite_kernel(result, x1, x2)
+    return result
+
+
+def _check_finite_kernel(K: torch.Tensor | np.ndarray, x1: torch.Tensor, x2: torch.Tensor | None) -> None:
+    """An NTK of finite inputs and weights that overflowed its dtype is an error, not a returned inf/NaN
+    (a kernel file is read in row chunks, once)."""
+    if isinstance(K, torch.Tensor):
+        finite = bool(torch.isfinite(K).all())
+    else:
+        rows = max(1, (64 << 20) // max(1, K[0].nbytes))
+        finite = all(bool(np.isfinite(K[i:i + rows]).all()) for i in range(0, K.shape[0], rows))
+    if not finite:
+        top = max(float(x1.abs().max()), float(x2.abs().max()) if x2 is not None else 0.0)
+        raise ValueError(f"x1, x2: the NTK overflows {K.dtype} for inputs of magnitude up to {top:.3g} (it grows "
+                         f"with the square of the output's gradients); rescale the inputs or use float64")
 
 
 class NTKBlocks:

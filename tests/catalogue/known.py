@@ -11,9 +11,6 @@ _ALLOC = ("size not bounded before torch allocates: 10**12 reaches the allocator
           "memory' from inside torch), 2**70 overflows inside torch ('Overflow when unpacking long long')")
 
 _GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
-    # sepmeasure/kernels/ntk.py
-    ("empirical_ntk/full", "x1", ("x1e30",), "sepmeasure/kernels/ntk.py: float32 inputs of 1e30 give a full NTK with "
-                                             "NaN/inf entries, returned without an error"),
 ]
 
 KNOWN_FAILURES: dict[str, str] = {f"{name}[{arg}={m}]": reason
