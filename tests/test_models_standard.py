@@ -84,7 +84,7 @@ def test_config_is_recorded():
     "call, exc, pattern",
     [
         (lambda: MLP(4, [3], 2, activation="swish"), ValueError, r"activation: expected one of .*got 'swish'"),
-        (lambda: make_activation("relu6"), ValueError, r"activation: expected one of"),
+        (lambda: make_activation("relu6"), ValueError, r"^name: expected one of"),
         (lambda: MLP(4, 3, 2), TypeError, r"widths: expected a sequence of ints"),
         (lambda: MLP(4, [3, 0], 2), ValueError, r"widths\[1\]: expected an int >= 1"),
         (lambda: MLP(0, [3], 2), ValueError, r"in_features: expected an int >= 1"),

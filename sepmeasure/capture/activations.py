@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from sepmeasure._memory import empty_host
-from sepmeasure.validation import did_you_mean
+from sepmeasure.validation import check_labels, describe, did_you_mean
 
 from .recorder import as_device
 from .selection import module_names
@@ -48,6 +48,32 @@ class Activations(Mapping[str, torch.Tensor]):
 
     def __init__(self, tensors: Mapping[str, torch.Tensor], labels: torch.Tensor | None = None,
                  files: Mapping[str, Path] | None = None) -> None:
+        if not isinstance(tensors, Mapping):
+            raise TypeError(f"tensors: expected a mapping of layer names to tensors, got {describe(tensors)}")
+        if not tensors:
+            raise ValueError("tensors: expected at least one layer, got an empty mapping")
+        for key, t in tensors.items():
+            if not isinstance(key, str):
+                raise TypeError(f"tensors: expected str layer names, got the key {key!r}")
+            if not isinstance(t, torch.Tensor) or t.ndim < 1:
+                raise TypeError(f"tensors[{key!r}]: expected a tensor of shape [n_samples, *features], "
+                                f"got {describe(t)}")
+        if labels is not None:
+            # class labels (record stores whatever targets came with the data, unchecked)
+            checked = check_labels(labels, "labels")
+            labels = labels if isinstance(labels, torch.Tensor) else checked
+        self._setup(tensors, labels, files)
+
+    @classmethod
+    def _make(cls, tensors: Mapping[str, torch.Tensor], labels: torch.Tensor | None = None,
+              files: Mapping[str, Path] | None = None) -> Activations:
+        """Built by :func:`record` and :meth:`to`: labels are the data's targets, stored as given."""
+        self = cls.__new__(cls)
+        self._setup(tensors, labels, files)
+        return self
+
+    def _setup(self, tensors: Mapping[str, torch.Tensor], labels: torch.Tensor | None,
+               files: Mapping[str, Path] | None) -> None:
         self._tensors = dict(tensors)
         self.labels = labels
         self.files = dict(files or {})
@@ -88,7 +114,7 @@ class Activations(Mapping[str, torch.Tensor]):
         labels = None if self.labels is None else self.labels.to(dev)
         moved = {k: v.to(dev) for k, v in self._tensors.items()}
         files = {k: f for k, f in self.files.items() if moved[k] is self._tensors[k]}
-        return Activations(moved, labels, files)
+        return Activations._make(moved, labels, files)
 
     def __repr__(self) -> str:
         if self.labels is None:

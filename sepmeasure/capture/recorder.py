@@ -7,6 +7,8 @@ and restores the model's modes and ``requires_grad`` flags on exit.
 """
 from __future__ import annotations
 
+import os
+import traceback
 from collections.abc import Callable
 from typing import Any, Union
 
@@ -30,6 +32,19 @@ def _first_tensor(output: Any, layer: str) -> torch.Tensor:
         return output[0]
     raise TypeError(f"layers: expected layer {layer!r} to return a Tensor, or a tuple/list whose "
                     f"first element is a Tensor, got {describe(output)}")
+
+
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
+
+
+def raised_by_torch(exc: BaseException) -> bool:
+    """A ``RuntimeError`` torch raised on inputs a model cannot take (a width, rank or dtype mismatch):
+    its innermost frame lies in torch, not in the model's own code or in sepmeasure (those errors
+    pass through unchanged)."""
+    if not isinstance(exc, RuntimeError) or isinstance(exc, torch.OutOfMemoryError):
+        return False
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and os.path.abspath(frames[-1].filename).startswith(_TORCH_DIR + os.sep)
 
 
 def as_device(value: Any, name: str) -> torch.device:
@@ -166,6 +181,7 @@ class ActivationRecorder:
         self._calls: dict[str, int] = {}
         self._fired: dict[str, int] = {n: 0 for n, _ in self._selected}
         self._suspended = False
+        self._running: tuple[tuple[int, ...], torch.dtype | None] | None = None
 
     def _pool(self, t: torch.Tensor, key: str, name: str) -> torch.Tensor:
         layout, why = self._layouts.of(name, self._modules.get(name))
@@ -190,6 +206,7 @@ class ActivationRecorder:
         self._active = True
         try:
             self._handles.append(self.model.register_forward_pre_hook(self._new_forward_call))
+            self._handles.append(self.model.register_forward_hook(self._forward_done))
             if self._taps is not None:
                 self._taps.install(self.model)
             for name, module in self._selected:
@@ -199,8 +216,17 @@ class ActivationRecorder:
             raise
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        running, self._running = self._running, None
         self._restore()
+        if running is not None and exc is not None and raised_by_torch(exc):
+            # a forward call of the model failed under the recorder (inputs of another dtype or shape than
+            # the model takes, say): report it naming the model, with torch's message
+            shape, dtype = running
+            params = sorted({str(p.dtype) for p in self.model.parameters()})
+            raise ValueError(f"model: expected a model that accepts its inputs, got one "
+                             f"(parameters {', '.join(params) or 'none'}) that raised RuntimeError on an input of "
+                             f"shape {shape} and dtype {dtype} under the recorder: {exc}") from exc
 
     def _restore(self) -> None:
         if self._taps is not None and self._active:
@@ -217,7 +243,12 @@ class ActivationRecorder:
             self._active = False
 
     # -- hooks --------------------------------------------------------------
+    def _forward_done(self, module: nn.Module, args: Any, output: Any) -> None:
+        self._running = None
+
     def _new_forward_call(self, module: nn.Module, args: Any) -> None:
+        first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        self._running = (tuple(first.shape), first.dtype) if first is not None else ((), None)
         self._calls.clear()
         self._suspended = True  # tracing runs the leaf modules on fake tensors: not a forward call
         try:

@@ -17,7 +17,7 @@ from sepmeasure.inputs import BatchSource, cast_inputs, check_cast, check_finite
 from sepmeasure.validation import check_int, describe
 
 from .activations import Activations, BufferWriter, spill_collected
-from .recorder import ActivationRecorder, PoolSpec, as_device
+from .recorder import ActivationRecorder, PoolSpec, as_device, raised_by_torch
 from .selection import LayerSelector
 
 __all__ = ["record"]
@@ -143,12 +143,12 @@ def record(model: nn.Module, data: Any, layers: LayerSelector = None, pool: Pool
         raise ValueError(f"data: expected labels with every batch or with none, got labels for "
                          f"{label_tensor.shape[0]} of {written} samples")
     if writer is not None:
-        return Activations(writer.finish(written), label_tensor, writer.files)
+        return Activations._make(writer.finish(written), label_tensor, writer.files)
     tensors = recorder.activations()
     if spill_dir is not None:
         tensors, files = spill_collected(tensors, spill_dir)
-        return Activations(tensors, label_tensor, files)
-    return Activations(tensors, label_tensor)
+        return Activations._make(tensors, label_tensor, files)
+    return Activations._make(tensors, label_tensor)
 
 
 def _resolve_devices(model: nn.Module, device: Any, to: Any) -> tuple[torch.device, torch.device]:
@@ -194,9 +194,17 @@ def _run_batches(model: nn.Module, source: BatchSource, recorder: ActivationReco
         x = cast_inputs(x, f"data (batch {index})", dtype=in_dtype, device=run_dev, check=not source.checked)
         if writer is not None:
             writer.begin(written, written + rows, index)
-        model(x)
         if index == 0:
+            try:
+                model(x)
+            except RuntimeError as exc:  # a model that cannot take the inputs (a wrong width, rank or dtype)
+                if not raised_by_torch(exc):
+                    raise
+                raise ValueError(f"data: expected inputs the model accepts, got a batch of shape {tuple(x.shape)} "
+                                 f"and dtype {x.dtype}; the model raised RuntimeError: {exc}") from exc
             recorder.check_fired()
+        else:
+            model(x)
         if writer is not None:
             writer.end_batch()
         if y is not None:

@@ -93,6 +93,8 @@ def select_layers(model: nn.Module, layers: LayerSelector = None,
 
     Raises
     ------
+    TypeError
+        ``model`` is not an ``nn.Module``.
     ValueError
         When nothing is selected (the message lists the available names), or
         an exact name does not exist (with close matches suggested).
@@ -106,6 +108,8 @@ def select_layers(model: nn.Module, layers: LayerSelector = None,
     >>> [n for n, _ in select_layers(model, ["re:[02]", "3"])]
     ['0', '2', '3']
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {describe(model)}")
     named = [(n, m) for n, m in model.named_modules() if n != ""]
     if layers is None:
         chosen = [i for i, (_, m) in enumerate(named) if next(m.children(), None) is None

@@ -8,17 +8,18 @@ model is folded on its traced graph (:mod:`sepmeasure.models.folding`).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import pandas as pd
 from torch import nn
 
-from ..validation import check_int, describe
+from ..validation import describe
 from .folded_cnn import FoldedCNN, fold_cnn
 from .folded_mlp import FoldedMLP, fold_mlp
 from .folding import fold_traced
-from .layers import count_macs
+from .layers import check_input_shape, count_macs
 from .linearity_mask import LinearityMask, mask_modules
 from .standard import CNN, MLP
 
@@ -120,12 +121,15 @@ def fold(model: nn.Module, input_shape: Sequence[int] | None = None, *,
     Raises
     ------
     TypeError
-        ``model`` is not a module, holds no :class:`LinearityMask` or cannot be traced; an
-        entry of ``input_shape`` is not an int; an
+        ``model`` is not a module, holds no :class:`LinearityMask` or cannot be traced; ``input_shape``
+        is not a sequence of ints; an
         activation applied to kept (non-linear) units has parameters other than the per-channel
         slopes of ``nn.PReLU`` (e.g. a :class:`~sepmeasure.models.LinearizablePReLU`).
     ValueError
-        An entry of ``input_shape`` is < 1; a :class:`LinearityMask` is soft (``hard=False``).
+        ``input_shape`` is empty, has an entry < 1, holds more than ``MAX_INPUT_SIZE`` (2**24)
+        entries, or does not fit the model (an MLP: ``in_features`` entries; a CNN:
+        ``(in_channels, L)`` / ``(in_channels, H, W)``); a :class:`LinearityMask` is soft
+        (``hard=False``).
 
     Examples
     --------
@@ -142,8 +146,11 @@ def fold(model: nn.Module, input_shape: Sequence[int] | None = None, *,
     (20, 11, 14, 8)
     """
     if input_shape is not None:
-        input_shape = tuple(check_int(s, f"input_shape[{i}]", minimum=1) for i, s in enumerate(input_shape))
+        input_shape = check_input_shape(input_shape)
     if isinstance(model, MLP):
+        if input_shape is not None and math.prod(input_shape) != model.config["in_features"]:
+            raise ValueError(f"input_shape: expected a shape of {model.config['in_features']} entries (the MLP's "
+                             f"in_features), got {input_shape}")
         folded, units, n_linear = fold_mlp(model)
         shape = input_shape or (model.config["in_features"],)
         folded.report = _report(model, folded, "MLP", "composed_shortcuts", units, n_linear, shape, shape)
@@ -151,6 +158,10 @@ def fold(model: nn.Module, input_shape: Sequence[int] | None = None, *,
     if not isinstance(collapse, bool):
         raise TypeError(f"collapse: expected a bool, got {describe(collapse)}")
     if isinstance(model, CNN):
+        if input_shape is not None and (len(input_shape) != model.config["dim"] + 1
+                                        or input_shape[0] != model.config["in_channels"]):
+            raise ValueError(f"input_shape: expected (in_channels={model.config['in_channels']}, "
+                             f"{', '.join(['L'] * model.config['dim'])}), got {input_shape}")
         folded, units, n_linear, collapsed = fold_cnn(model, input_shape, collapse)
         method = "linear_stream" + ("+affine_tail" if collapsed else "")
         folded.report = _report(model, folded, "CNN", method, units, n_linear, input_shape, input_shape,

@@ -41,7 +41,7 @@ from torch import nn
 
 from ..training import Callback, TrainingState
 from ..validation import check_choice, check_int, describe
-from .layers import add_channel_axis, check_widths, make_conv
+from .layers import add_channel_axis, check_parameter_count, check_size, check_widths, linear_parameters, make_conv
 from .standard import CNN, MLP, GlobalAvgPool
 
 __all__ = ["DGN", "DLGN", "GatedNetwork", "BetaAnnealing", "EffectiveHalfSpaces", "effective_halfspaces"]
@@ -113,8 +113,8 @@ class GatedNetwork(nn.Module):
                  freeze_gating: bool = False, freeze_value: bool = False) -> None:
         super().__init__()
         check_choice(arch, "arch", ARCHS)
-        in_features = check_int(in_features, "in_features", minimum=1)
-        out_features = check_int(out_features, "out_features", minimum=1)
+        in_features = check_size(in_features, "in_features")
+        out_features = check_size(out_features, "out_features")
         widths = check_widths(widths, "widths")
         if not widths:
             raise ValueError("widths: expected at least one gated layer, got an empty sequence")
@@ -127,8 +127,15 @@ class GatedNetwork(nn.Module):
                              f"for a {self.model_name}, whose gating network is a ReLU chain; use DLGN(..., "
                              f"gating='shallow')")
         check_choice(dim, "dim", (1, 2))
-        kernel_size = check_int(kernel_size, "kernel_size", minimum=1)
+        kernel_size = check_size(kernel_size, "kernel_size")
         stride = check_int(stride, "stride", minimum=1)
+        sizes = [in_features, *widths]
+        taps = 1 if arch == "mlp" else kernel_size ** dim  # weights per (input, output) channel pair
+        gating_fan_in = [in_features] * len(widths) if gating == "shallow" else sizes[:-1]
+        count = (sum((a * taps + bool(bias)) * b for a, b in zip(sizes[:-1], widths))  # value layers
+                 + sum((a * taps + bool(bias)) * b for a, b in zip(gating_fan_in, widths))  # gating layers
+                 + linear_parameters([widths[-1], out_features], bias))  # head
+        check_parameter_count(count, "in_features, widths, kernel_size, out_features")
         if gating == "shallow" and arch == "cnn" and stride != 1:
             raise ValueError(f"stride: expected 1 with gating='shallow' and arch='cnn' (each gating convolution "
                              f"reads the input, so its gates match the value layer's positions only without "

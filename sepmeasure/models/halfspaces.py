@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from ..validation import check_int, describe
+from ..validation import describe
 from .gated import DLGN
+from .layers import check_input_shape
 
 __all__ = ["EffectiveHalfSpaces", "effective_halfspaces"]
 
@@ -69,6 +70,11 @@ class EffectiveHalfSpaces:
         return pd.DataFrame(rows)
 
 
+MAX_BASIS_SIZE = 2 ** 14
+"""The most entries of one input sample of a convolutional DLGN in :func:`effective_halfspaces`
+(its basis holds one image per entry: 2**14 x 2**14 float64, 2 GiB)."""
+
+
 @torch.no_grad()
 def effective_halfspaces(model: DLGN, input_shape: Sequence[int] | None = None) -> EffectiveHalfSpaces:
     """Effective normal and offset in input space of every gate of a DLGN.
@@ -89,7 +95,8 @@ def effective_halfspaces(model: DLGN, input_shape: Sequence[int] | None = None) 
         A deep linearly gated network (``arch="mlp"`` or ``"cnn"``); a :class:`DGN` is refused.
     input_shape : sequence of int, optional
         Required for ``arch="cnn"``: the shape of one input sample with its channel axis,
-        e.g. ``(1, 40)``; the map depends on the length. Ignored for ``arch="mlp"``.
+        e.g. ``(1, 40)``; the map depends on the length. For ``arch="mlp"`` it is optional
+        and, when given, must hold ``in_features`` entries (a non-empty tuple of ints >= 1).
 
     Returns
     -------
@@ -101,11 +108,12 @@ def effective_halfspaces(model: DLGN, input_shape: Sequence[int] | None = None) 
     Raises
     ------
     TypeError
-        ``model`` is not a :class:`DLGN`; an entry of ``input_shape`` is not an int
-        (``arch="cnn"``).
+        ``model`` is not a :class:`DLGN`; ``input_shape`` is not a sequence of ints.
     ValueError
-        ``arch="cnn"`` and ``input_shape`` is None, has an entry < 1, or is not
-        ``(in_channels, L)`` (``dim=1``) / ``(in_channels, H, W)`` (``dim=2``).
+        ``input_shape`` is empty or has an entry < 1; ``arch="mlp"`` and it does not hold
+        ``in_features`` entries; ``arch="cnn"`` and it is None, holds more than
+        ``MAX_BASIS_SIZE`` (2**14) entries, or is not ``(in_channels, L)`` (``dim=1``) /
+        ``(in_channels, H, W)`` (``dim=2``).
 
     Examples
     --------
@@ -117,6 +125,15 @@ def effective_halfspaces(model: DLGN, input_shape: Sequence[int] | None = None) 
     """
     if not isinstance(model, DLGN):
         raise TypeError(f"model: expected a DLGN (a deep *linear* gating network), got {describe(model)}")
+    if input_shape is not None:
+        input_shape = check_input_shape(input_shape)
+        if model.arch == "mlp" and math.prod(input_shape) != model.in_features:
+            raise ValueError(f"input_shape: expected a shape of {model.in_features} entries (the DLGN's "
+                             f"in_features), got {input_shape}")
+        if model.arch == "cnn" and math.prod(input_shape) > MAX_BASIS_SIZE:
+            raise ValueError(f"input_shape: expected at most MAX_BASIS_SIZE = 2**14 entries in one sample (a "
+                             f"convolutional DLGN's half-spaces are read off a basis of one image per entry), "
+                             f"got {input_shape} ({math.prod(input_shape)} entries)")
     ref = next(model.gating.parameters())
     dtype, device = ref.dtype, ref.device
     shallow = model.gating_structure == "shallow"
@@ -135,7 +152,7 @@ def effective_halfspaces(model: DLGN, input_shape: Sequence[int] | None = None) 
     if input_shape is None:
         raise ValueError("input_shape: expected the shape of one input sample, e.g. (1, 40), for a convolutional "
                          "DLGN, got None")
-    shape = tuple(check_int(s, f"input_shape[{i}]", minimum=1) for i, s in enumerate(input_shape))
+    shape = input_shape
     if len(shape) != model.dim + 1 or shape[0] != model.in_features:
         raise ValueError(f"input_shape: expected (in_channels={model.in_features}, "
                          f"{', '.join(['L'] * model.dim)}), got {tuple(input_shape)}")

@@ -1,6 +1,8 @@
 """Building blocks the model families share (internal to :mod:`sepmeasure.models`).
 
 * :func:`check_widths`: the hidden widths (or channels) argument of a model;
+* :func:`check_size` and :func:`check_parameter_count`: sizes bounded by :data:`MAX_PARAMETERS`
+  before anything is allocated;
 * :func:`make_conv`: a 1-D or 2-D convolution padded by ``kernel_size // 2`` on each side;
 * :func:`add_channel_axis`: the channel axis a 1-D signal or a 2-D image may lack;
 * :func:`check_channel_axis`, :func:`check_channels` and :func:`along_channels`: per-channel
@@ -21,15 +23,77 @@ from torch import nn
 
 from ..validation import check_int, describe
 
-__all__ = ["check_widths", "make_conv", "add_channel_axis", "check_channel_axis", "check_channels", "along_channels",
+__all__ = ["MAX_PARAMETERS", "check_size", "check_parameter_count", "check_float32", "MAX_INPUT_SIZE", "check_input_shape", "check_widths", "make_conv", "add_channel_axis", "check_channel_axis", "check_channels", "along_channels",
            "modules_of_type", "restrict_activation", "module_macs", "count_macs"]
 
 
+MAX_PARAMETERS = 2 ** 31
+"""The most parameters (and the largest single size: a width, a number of channels, a kernel
+size) a model of :mod:`sepmeasure.models` may have: larger sizes are refused before anything is
+allocated (2**31 float32 parameters take 8 GiB)."""
+
+_WHY = "sizes are capped at MAX_PARAMETERS = 2**31 so that nothing huge is allocated"
+
+
+def check_size(value: int, name: str) -> int:
+    """A size argument (a width, a number of channels or features, a kernel size): an int in
+    ``[1, MAX_PARAMETERS]``; errors name the argument ``name``."""
+    return check_int(value, name, minimum=1, maximum=MAX_PARAMETERS, why=_WHY)
+
+
+def check_parameter_count(count: int, names: str) -> None:
+    """Refuse a model whose ``count`` parameters exceed :data:`MAX_PARAMETERS`, naming the size
+    arguments ``names`` (e.g. ``"in_features, widths, out_features"``) that give that count."""
+    if count > MAX_PARAMETERS:
+        raise ValueError(f"{names}: expected sizes giving at most MAX_PARAMETERS = 2**31 parameters, got sizes "
+                         f"giving {count} parameters")
+
+
+def check_float32(value: float, name: str) -> float:
+    """A finite real number that float32 can hold (the initial value of a float32 parameter)."""
+    limit = torch.finfo(torch.float32).max
+    if not -limit <= value <= limit:
+        raise ValueError(f"{name}: expected a number within the float32 range [-{limit:.4g}, {limit:.4g}] "
+                         f"(it fills a float32 parameter), got {value!r}")
+    return value
+
+
+MAX_INPUT_SIZE = 2 ** 24
+"""The most entries of one input sample an ``input_shape`` may describe (16 M: 64 MiB in float32);
+an input of that shape is built to trace or count the model."""
+
+
+def check_input_shape(input_shape: Sequence[int], name: str = "input_shape") -> tuple[int, ...]:
+    """The shape of one input sample: a non-empty sequence of ints >= 1 whose product is at most
+    :data:`MAX_INPUT_SIZE`; errors name ``name``."""
+    if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence):
+        raise TypeError(f"{name}: expected a sequence of ints (the shape of one input sample), got "
+                        f"{describe(input_shape)}")
+    if not len(input_shape):
+        raise ValueError(f"{name}: expected at least one dimension (the shape of one input sample), got ()")
+    shape = tuple(check_int(s, f"{name}[{i}]", minimum=1) for i, s in enumerate(input_shape))
+    if math.prod(shape) > MAX_INPUT_SIZE:
+        raise ValueError(f"{name}: expected at most MAX_INPUT_SIZE = 2**24 entries in one sample, got {shape} "
+                         f"({math.prod(shape)} entries)")
+    return shape
+
+
 def check_widths(widths: Sequence[int], name: str) -> list[int]:
-    """``widths`` as a list of ints >= 1 (one per hidden layer); errors name the argument ``name``."""
+    """``widths`` as a list of ints in ``[1, MAX_PARAMETERS]`` (one per hidden layer); errors name
+    the argument ``name``."""
     if isinstance(widths, int) or not isinstance(widths, Sequence):
         raise TypeError(f"{name}: expected a sequence of ints (one per hidden layer), got {describe(widths)}")
-    return [check_int(w, f"{name}[{i}]", minimum=1) for i, w in enumerate(widths)]
+    return [check_size(w, f"{name}[{i}]") for i, w in enumerate(widths)]
+
+
+def linear_parameters(sizes: Sequence[int], bias: bool) -> int:
+    """Parameters of the chain of ``nn.Linear`` layers ``sizes[0] -> sizes[1] -> ...``."""
+    return sum((a + bool(bias)) * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def conv_parameters(sizes: Sequence[int], kernel_size: int, dim: int, bias: bool) -> int:
+    """Parameters of the chain of convolutions ``sizes[0] -> sizes[1] -> ...`` (kernel ``kernel_size``)."""
+    return sum((a * kernel_size ** dim + bool(bias)) * b for a, b in zip(sizes[:-1], sizes[1:]))
 
 
 def make_conv(dim: int, c_in: int, c_out: int, kernel_size: int, *, stride: int = 1, bias: bool = True,

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from ..inputs import model_device
-from ..validation import check_int, describe
-from .layers import along_channels, check_channel_axis, check_channels, modules_of_type
+from ..validation import describe
+from .layers import along_channels, check_channel_axis, check_channels, check_float32, check_size, modules_of_type
 from .sites import find_sites
 
 __all__ = ["LinearityMask", "mask_modules", "layer_masks"]
@@ -70,9 +70,10 @@ class LinearityMask(nn.Module):
             raise TypeError(f"activation: expected an nn.Module, got {describe(activation)}")
         if isinstance(activation, LinearityMask):
             raise TypeError("activation: expected an activation, got a LinearityMask (masks do not nest)")
-        channels = check_int(channels, "channels", minimum=1)
+        channels = check_size(channels, "channels")
         if isinstance(init_logit, bool) or not isinstance(init_logit, (int, float)) or not math.isfinite(init_logit):
             raise TypeError(f"init_logit: expected a finite real number, got {describe(init_logit)}")
+        check_float32(init_logit, "init_logit")
         self.activation = activation
         self.channels = channels
         self.hard = bool(hard)

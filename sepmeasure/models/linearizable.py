@@ -19,7 +19,7 @@ from torch import nn
 
 from ..training import Callback, TrainingState
 from ..validation import check_int, check_positive, describe
-from .layers import along_channels, check_channel_axis, check_channels, modules_of_type
+from .layers import along_channels, check_channel_axis, check_channels, check_float32, check_size, modules_of_type
 from .sites import ActivationSite, replace_sites, resolve_sites
 
 __all__ = ["LinearizablePReLU", "SparsityPrior", "LinearizationSchedule", "make_linearizable", "snap_linear",
@@ -55,10 +55,11 @@ class LinearizablePReLU(nn.Module):
 
     def __init__(self, channels: int, init: float = 0.0, channel_axis: int = 1) -> None:
         super().__init__()
-        self.channels = check_int(channels, "channels", minimum=1)
+        self.channels = check_size(channels, "channels")
         self.channel_axis = check_channel_axis(channel_axis)
         if isinstance(init, bool) or not isinstance(init, (int, float)) or not math.isfinite(init):
             raise TypeError(f"init: expected a finite real number, got {describe(init)}")
+        check_float32(init, "init")
         self.slope = nn.Parameter(torch.full((self.channels,), float(init)))
         self.register_buffer("frozen", torch.zeros(self.channels, dtype=torch.bool))
 

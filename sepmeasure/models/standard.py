@@ -20,7 +20,8 @@ import torch.fx
 from torch import nn
 
 from ..validation import check_choice, check_int
-from .layers import add_channel_axis, check_widths, make_conv
+from .layers import (add_channel_axis, check_parameter_count, check_size, check_widths, conv_parameters,
+                     linear_parameters, make_conv)
 
 __all__ = ["ACTIVATIONS", "make_activation", "MLP", "CNN", "ResNet", "GlobalAvgPool"]
 
@@ -52,8 +53,7 @@ def make_activation(name: str, channels: int | None = None) -> nn.Module:
     TypeError
         ``channels`` is not an int.
     ValueError
-        ``name`` is not one of ``ACTIVATIONS`` (the message calls it ``activation``);
-        ``channels`` < 1.
+        ``name`` is not one of ``ACTIVATIONS``; ``channels`` < 1 or > ``MAX_PARAMETERS`` (2**31).
 
     Examples
     --------
@@ -62,9 +62,9 @@ def make_activation(name: str, channels: int | None = None) -> nn.Module:
     >>> make_activation("prelu", channels=4).weight.shape
     torch.Size([4])
     """
-    check_choice(name, "activation", ACTIVATIONS)
+    check_choice(name, "name", ACTIVATIONS)
     if channels is not None:
-        channels = check_int(channels, "channels", minimum=1)
+        channels = check_size(channels, "channels")
     if name == "prelu":
         return nn.PReLU(num_parameters=channels or 1, init=0.25)
     return {
@@ -125,10 +125,14 @@ class MLP(nn.Module):
     def __init__(self, in_features: int, widths: Sequence[int], out_features: int, activation: str = "relu",
                  bias: bool = True) -> None:
         super().__init__()
-        in_features = check_int(in_features, "in_features", minimum=1)
-        out_features = check_int(out_features, "out_features", minimum=1)
+        in_features = check_size(in_features, "in_features")
+        out_features = check_size(out_features, "out_features")
         widths = check_widths(widths, "widths")
         check_choice(activation, "activation", ACTIVATIONS)
+        sizes = [in_features, *widths]
+        check_parameter_count(linear_parameters([*sizes, out_features], bias) + (sum(widths) if activation == "prelu"
+                                                                                 else 0),
+                              "in_features, widths, out_features")
         self.config = {"model": "MLP", "in_features": in_features, "widths": list(widths),
                        "out_features": out_features, "activation": activation, "bias": bias}
         sizes = [in_features, *widths]
@@ -177,16 +181,20 @@ class CNN(nn.Module):
                  kernel_size: int = 3, stride: int = 1, activation: str = "relu", bias: bool = True,
                  padding_mode: str = "zeros") -> None:
         super().__init__()
-        in_channels = check_int(in_channels, "in_channels", minimum=1)
-        out_features = check_int(out_features, "out_features", minimum=1)
+        in_channels = check_size(in_channels, "in_channels")
+        out_features = check_size(out_features, "out_features")
         channels = check_widths(channels, "channels")
         if not channels:
             raise ValueError("channels: expected at least one conv layer, got an empty sequence")
         check_choice(dim, "dim", (1, 2))
-        kernel_size = check_int(kernel_size, "kernel_size", minimum=1)
+        kernel_size = check_size(kernel_size, "kernel_size")
         stride = check_int(stride, "stride", minimum=1)
         check_choice(activation, "activation", ACTIVATIONS)
         check_choice(padding_mode, "padding_mode", ("zeros", "circular", "reflect", "replicate"))
+        check_parameter_count(conv_parameters([in_channels, *channels], kernel_size, dim, bias)
+                              + linear_parameters([channels[-1], out_features], bias)
+                              + (sum(channels) if activation == "prelu" else 0),
+                              "in_channels, channels, kernel_size, out_features")
         self.dim = dim
         self.config = {"model": "CNN", "in_channels": in_channels, "channels": list(channels),
                        "out_features": out_features, "dim": dim, "kernel_size": kernel_size, "stride": stride,
@@ -230,6 +238,11 @@ class PreActBlock(nn.Module):
         return x + self.conv2(self.act2(h))
 
 
+MAX_BLOCKS = 10_000
+"""The most residual blocks of a :class:`ResNet` (larger ``n_blocks`` are refused before any
+block is built)."""
+
+
 class ResNet(nn.Module):
     """Small pre-activation ResNet with identity skips, for 1-D signals or 2-D images.
 
@@ -251,15 +264,22 @@ class ResNet(nn.Module):
                  kernel_size: int = 3, activation: str = "relu", bias: bool = True, norm: str = "none",
                  padding_mode: str = "zeros") -> None:
         super().__init__()
-        in_channels = check_int(in_channels, "in_channels", minimum=1)
-        width = check_int(width, "width", minimum=1)
-        n_blocks = check_int(n_blocks, "n_blocks", minimum=0)
-        out_features = check_int(out_features, "out_features", minimum=1)
+        in_channels = check_size(in_channels, "in_channels")
+        width = check_size(width, "width")
+        n_blocks = check_int(n_blocks, "n_blocks", minimum=0, maximum=MAX_BLOCKS,
+                             why="MAX_BLOCKS: each block is built as its own modules")
+        out_features = check_size(out_features, "out_features")
         check_choice(dim, "dim", (1, 2))
-        kernel_size = check_int(kernel_size, "kernel_size", minimum=1)
+        kernel_size = check_size(kernel_size, "kernel_size")
         check_choice(activation, "activation", ACTIVATIONS)
         check_choice(norm, "norm", ("none", "batch"))
         check_choice(padding_mode, "padding_mode", ("zeros", "circular", "reflect", "replicate"))
+        prelu = width if activation == "prelu" else 0  # slopes of one activation
+        per_block = (2 * conv_parameters([width, width], kernel_size, dim, bias) + (4 * width if norm == "batch" else 0)
+                     + 2 * prelu)
+        check_parameter_count(conv_parameters([in_channels, width], kernel_size, dim, bias) + n_blocks * per_block
+                              + prelu + linear_parameters([width, out_features], bias),
+                              "in_channels, width, n_blocks, kernel_size, out_features")
         self.dim = dim
         self.config = {"model": "ResNet", "in_channels": in_channels, "width": width, "n_blocks": n_blocks,
                        "out_features": out_features, "dim": dim, "kernel_size": kernel_size,

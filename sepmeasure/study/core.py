@@ -211,7 +211,11 @@ class Study:
         if not callable(self.run_one):
             raise TypeError(f"run_one: expected a callable run_one(config) -> rows, got {describe(self.run_one)}")
         for mode in MODES:
-            grid = expand_grid(getattr(self, mode), mode)
+            spec = getattr(self, mode)
+            if isinstance(spec, (Mapping, list, tuple)) and not spec:
+                raise ValueError(f"{mode}: expected a grid with at least one factor (e.g. {{'width': [8, 16]}}), "
+                                 f"got an empty {type(spec).__name__}")
+            grid = expand_grid(spec, mode)
             if any("seed" in c for c in grid):
                 raise ValueError(f"{mode}: expected a grid without 'seed' (seeds come from `seeds`), got a "
                                  f"configuration with 'seed'")

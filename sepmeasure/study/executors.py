@@ -319,7 +319,7 @@ def check_executor(executor: Any, scheduler: Any, *, option: str = "executor") -
         if scheduler is not None and executor != "dask":
             if option.startswith("--"):
                 raise ValueError(f"{sched}: only used with {option} dask, got {option} {executor}")
-            raise ValueError(f"{sched}: only used with executor='dask', got executor={executor!r} and "
+            raise ValueError(f"{sched}: only used with {option}='dask', got {option}={executor!r} and "
                              f"scheduler={scheduler!r}")
         return executor
     if isinstance(executor, StudyExecutor):
@@ -354,8 +354,7 @@ def make_executor(kind: str = "local", *, scheduler: str | None = None, workers:
     Raises
     ------
     ValueError
-        ``kind`` is not one of ``"local"``, ``"processes"``, ``"dask"`` (the message names it
-        ``executor``); ``workers`` < 1; ``scheduler`` is given with a ``kind`` other than ``"dask"``.
+        ``kind`` is not one of ``"local"``, ``"processes"``, ``"dask"``; ``workers`` < 1; ``scheduler`` is given with a ``kind`` other than ``"dask"``.
     TypeError
         ``workers`` is not an int (bools are refused); with ``kind="dask"``, ``scheduler`` is not a
         non-empty string.
@@ -372,8 +371,8 @@ def make_executor(kind: str = "local", *, scheduler: str | None = None, workers:
     'local'
     """
     if not isinstance(kind, str):
-        check_choice(kind, "executor", tuple(EXECUTORS))
-    check_executor(kind, scheduler)
+        check_choice(kind, "kind", tuple(EXECUTORS))
+    check_executor(kind, scheduler, option="kind")
     if workers is not None:
         workers = check_int(workers, "workers", minimum=1)
     if kind == "local":

@@ -300,7 +300,9 @@ def _recipes() -> list[Recipe]:
     add(Recipe("LinearizablePReLU", {"channels": Arg(_const(3), "count"), "init": Arg(_const(0.0), "positive",
                                      expect={"negative": "either", "huge": "either"})},
                check=_constructed, key=lambda m: []))
-    add(Recipe("SparsityPrior", {"weight": Arg(_const(1e-3), "positive"), "p": Arg(_const(0.5), "fraction"),
+    add(Recipe("SparsityPrior", {"weight": Arg(_const(1e-3), "positive"), "p": Arg(_const(0.5), "fraction",
+                                                                                # documented range (0, 2]
+                                                                                expect={"above_one": "either"}),
                                  "eps": Arg(_const(1e-3), "positive")},
                check=_constructed, key=lambda m: []))
     add(Recipe("LinearizationSchedule", {"prior": Arg(sm.SparsityPrior, "object"),
