@@ -280,3 +280,38 @@ def test_md_lsm_does_not_depend_on_magnitude_or_offset(method):
         got = (r.value, r.lower, r.upper, r.status)
         assert got == (base.value, base.lower, base.upper, base.status), (scale, offset)
         assert pair_fraction(A, B, r.normal) == pytest.approx(r.value, abs=1e-12)  # a direction for the inputs too
+
+
+def test_sampled_climb_stops_early_and_never_below_the_fitted_classifiers(monkeypatch):
+    """With more pairs than max_pairs the climb stops after CLIMB_PATIENCE checkpoints without a
+    better count, well before all steps; the value is still at least the strict in-sample AUC of
+    scikit-learn's logistic regression, linear SVM and LDA fitted independently here."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import LinearSVC
+
+    import sepmeasure.separability.mdlsm as mod
+
+    checkpoints = []
+    climb = mod._surrogate_climb
+
+    def counting(*args, **kwargs):
+        for W in climb(*args, **kwargs):
+            checkpoints.append(1)
+            yield W
+
+    monkeypatch.setattr(mod, "_surrogate_climb", counting)
+    g = torch.Generator().manual_seed(4)
+    A = torch.randn(60, 12, generator=g, dtype=torch.float64) + 0.3
+    B = torch.randn(70, 12, generator=g, dtype=torch.float64) - 0.3
+    r = md_lsm(A, B, method="approx", steps=2000, max_pairs=500)
+    assert 1 <= len(checkpoints) < 2000 // 25            # stopped early (all steps: 80 checkpoints)
+    X = torch.cat([A, B]).numpy()
+    y = np.r_[np.ones(60), np.zeros(70)]
+    for model in (LogisticRegression(max_iter=1000), LinearSVC(max_iter=5000), LinearDiscriminantAnalysis()):
+        s = model.fit(X, y).decision_function(X)
+        strict = float((s[:60, None] > s[None, 60:]).mean())
+        assert r.value >= strict - 1e-12, type(model).__name__
+    before = len(checkpoints)
+    md_lsm(A, B, method="approx", steps=2000, max_pairs=10**6)   # all pairs: the climb runs every step
+    assert len(checkpoints) - before == 2000 // 25

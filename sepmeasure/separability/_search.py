@@ -169,7 +169,7 @@ def start_directions(coords: SpanCoordinates, hull: HullDistance, n_starts: int,
     if hull.normal is not None:
         cols.append(to_span_direction(hull.normal.to(dev), coords))
     if extra is not None:
-        cols.extend(to_span_direction(extra[:, k].to(dev), coords) for k in range(extra.shape[1]))
+        cols.extend(to_span_direction(extra.to(dev), coords).T)
     if n_starts:
         cols.extend(torch.randn(r, n_starts, generator=gen, dtype=torch.float64).to(dev).T)
     W = torch.stack(cols, 1)

@@ -222,7 +222,8 @@ def md_lsm(A: Any, B: Any, method: str = "auto", *, seed: int = 0, n_starts: int
         (LDA), a whitened logistic probe, the mean difference and ``n_starts`` random
         directions, evaluates each exactly, climbs a smooth
         pairwise surrogate (the mean of :math:`\sigma(w^\top(a_i-b_j)/\tau)` over all pairs or
-        ``max_pairs`` sampled pairs per step, with :math:`\tau` annealed), and keeps the best
+        ``max_pairs`` sampled pairs per step, with :math:`\tau` annealed; with sampled pairs the
+        climb stops after 50 steps without a better exact count), and keeps the best
         exact pair fraction seen, so ``value`` is never below the in-sample AUC of those
         classifiers. Its upper bound is certified but, in high dimension, usually 1 or close
         to it: bounding the best count from above is a max-agreement problem, NP-hard in general,
@@ -232,9 +233,10 @@ def md_lsm(A: Any, B: Any, method: str = "auto", *, seed: int = 0, n_starts: int
         ``"auto"`` is the sweep when ``d <= 2`` and ``n*m <=
         sweep_max_pairs``, otherwise exact when ``n*m <= exact_max_pairs``, otherwise approximate.
     seed : int, default 0
-        Seeds the random starts and the pair sampling (>= 0).
+        Seeds the random starts and the pair sampling (0 to 2**63 - 1).
     n_starts, steps, max_pairs : int, default 2, 100 and 100_000
-        Random starts (>= 0), surrogate steps (>= 0) and pairs per step (>= 1) of ``"approx"``.
+        Random starts (0 to 10 000), at most ``steps`` surrogate steps (0 to 10**6) and pairs per
+        step (>= 1) of ``"approx"``.
     exact_max_pairs : int, default 64
         Largest ``n*m`` for which ``"auto"`` picks the exact method (>= 0).
     time_limit : float, default 30.0

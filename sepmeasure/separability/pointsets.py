@@ -145,11 +145,14 @@ def span_coordinates(A: torch.Tensor, B: torch.Tensor, *, whiten: bool = True,
     if n >= 4 * d and n * d >= 2**20:
         # many more points than dimensions: the eigenvectors of the d x d Gram matrix are the right
         # singular vectors, at a fraction of the SVD's cost; used only when the spectrum is far from
-        # rank-deficient (singular values within 1e-4 of the largest, squared 1e-8: every direction
-        # is kept and the eigenvectors are accurate), otherwise the SVD decides the rank
+        # rank-deficient (singular values within 1e-4 of the largest, squared 1e-8, and above rcond:
+        # every direction is kept and the eigenvectors are accurate), otherwise the SVD decides the
+        # rank. The basis (and so the random starts drawn in it) may differ from the SVD's by signs
+        # and rotations within equal singular values; every invariant quantity is unchanged
+        Y = Xc / float(Xc.abs().max())
+        evals, evecs = torch.linalg.eigh(Y.T @ Y)
         scale = float(Xc.abs().max())
-        evals, evecs = torch.linalg.eigh((Xc / scale).T @ (Xc / scale))
-        if bool(evals[0] > 1e-8 * evals[-1]):
+        if bool(evals[0] > max(1e-8, rcond ** 2) * evals[-1]):   # also every S > rcond * S[0]
             S = evals.flip(0).clamp_min(0).sqrt() * scale
             V = evecs.flip(1)
     if V is None:
