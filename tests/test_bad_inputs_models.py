@@ -117,8 +117,9 @@ def test_fold_input_shape_is_checked_before_building_an_input(shape, err, match)
         sm.fold(_masked_mlp(), input_shape=shape)
     assert time.perf_counter() - t0 < 1.0  # (10**9,) built a 4 GB input before
     assert sm.fold(_masked_mlp(), input_shape=(2,)).report.macs_before == 2 * 3 + 3 * 2
-    with pytest.raises(ValueError, match=r"^input_shape: expected \(in_channels=1, L\)"):
-        sm.fold(sm.apply_masks(CNN(1, [3], 2)), input_shape=(2, 10))
+    # a 1-D CNN takes samples with or without their channel axis
+    cnn = sm.apply_masks(CNN(1, [3], 2))
+    assert sm.fold(cnn, input_shape=(10,)).report.macs_before == sm.fold(cnn, input_shape=(1, 10)).report.macs_before
 
 
 @pytest.mark.parametrize("shape, err, match", [

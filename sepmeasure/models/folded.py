@@ -127,8 +127,7 @@ def fold(model: nn.Module, input_shape: Sequence[int] | None = None, *,
         slopes of ``nn.PReLU`` (e.g. a :class:`~sepmeasure.models.LinearizablePReLU`).
     ValueError
         ``input_shape`` is empty, has an entry < 1, holds more than ``MAX_INPUT_SIZE`` (2**24)
-        entries, or does not fit the model (an MLP: ``in_features`` entries; a CNN:
-        ``(in_channels, L)`` / ``(in_channels, H, W)``); a :class:`LinearityMask` is soft
+        entries, or (an MLP) does not hold ``in_features`` entries; a :class:`LinearityMask` is soft
         (``hard=False``).
 
     Examples
@@ -158,10 +157,6 @@ def fold(model: nn.Module, input_shape: Sequence[int] | None = None, *,
     if not isinstance(collapse, bool):
         raise TypeError(f"collapse: expected a bool, got {describe(collapse)}")
     if isinstance(model, CNN):
-        if input_shape is not None and (len(input_shape) != model.config["dim"] + 1
-                                        or input_shape[0] != model.config["in_channels"]):
-            raise ValueError(f"input_shape: expected (in_channels={model.config['in_channels']}, "
-                             f"{', '.join(['L'] * model.config['dim'])}), got {input_shape}")
         folded, units, n_linear, collapsed = fold_cnn(model, input_shape, collapse)
         method = "linear_stream" + ("+affine_tail" if collapsed else "")
         folded.report = _report(model, folded, "CNN", method, units, n_linear, input_shape, input_shape,
