@@ -12,7 +12,8 @@ GROUPS = {
     "separability": ("Separability", ("sepmeasure.separability",)),
     "kernels": ("Kernels", ("sepmeasure.kernels",)),
     "paths": ("Path lengths", ("sepmeasure.paths",)),
-    "studies": ("Studies, claims and reports", ("sepmeasure.study", "sepmeasure.claims", "sepmeasure.report")),
+    "studies": ("Studies, claims and reports", ("sepmeasure.study", "sepmeasure.claims", "sepmeasure.report",
+                                                "sepmeasure.report_figures")),
 }
 # names without a __module__ (constants) and where they belong
 CONSTANTS = {"DATASETS": "data", "ACTIVATIONS": "models", "COMBINATION_RULE": "studies"}

@@ -289,3 +289,5 @@ def test_figures_are_palette_pngs_close_to_the_full_colour_drawing():
     assert len(small) < len(full)
     with pytest.raises(TypeError, match="png: expected the bytes"):
         palette_png("figure.png")
+    with pytest.raises(ValueError, match="colors: expected an int <= 256"):
+        palette_png(full, colors=300)
