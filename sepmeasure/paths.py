@@ -30,7 +30,7 @@ activations (modules or functional calls such as ``F.relu``), per-channel affine
 norm, dropout, identity), average pooling, flattening and residual sums. ``DGN``/``DLGN``
 count their value network (every gated unit non-linear). Per-channel linearity of an
 activation: ``PReLU``/``LeakyReLU`` channels with slope exactly 1 are linear, a module with a
-``nonlinear_channels()`` method (:class:`~sepmeasure.models.masked.LinearityMask`,
+``nonlinear_channels()`` method (:class:`~sepmeasure.LinearityMask`,
 :class:`~sepmeasure.models.linearizable.LinearizablePReLU`) says so itself, every other
 element-wise activation is non-linear. Max pooling, attention and other operations that are
 not per-channel maps are an error naming them.
