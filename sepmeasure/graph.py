@@ -41,8 +41,8 @@ from torch import nn
 
 from .validation import describe
 
-__all__ = ["GraphNode", "ModelGraph", "GraphTraceError", "trace_model", "LAYOUTS", "NONLINEARITIES",
-           "RELU_FAMILY"]
+__all__ = ["GraphNode", "ModelGraph", "GraphTraceError", "trace_model", "copy_graph_attributes", "LAYOUTS",
+           "NONLINEARITIES", "RELU_FAMILY"]
 
 LAYOUTS = ("channels_first", "channels_last", "flat", "unknown")
 NONLINEARITIES = ("relu", "leaky_relu", "prelu", "gelu", "tanh", "sigmoid", "silu", "elu", "softplus", "hardtanh",
@@ -580,3 +580,23 @@ def module_type_layout(m: nn.Module) -> str:
             return "unknown"  # [T, N, D]: the batch is not the first axis
         return "channels_last"
     return ""
+
+
+def copy_graph_attributes(gm: fx.GraphModule, root: nn.Module) -> None:
+    """Register on ``root`` every attribute the graph of ``gm`` reads (``get_attr`` nodes), at the same path:
+    parameters as parameters, tensors as buffers, anything else as a plain attribute."""
+    for target in [n.target for n in gm.graph.nodes if n.op == "get_attr"]:
+        *path, last = target.split(".")
+        s, d = gm, root
+        for p in path:
+            s = getattr(s, p)
+            if not hasattr(d, p):
+                d.add_module(p, nn.Module())
+            d = getattr(d, p)
+        value = getattr(s, last)
+        if isinstance(value, nn.Parameter):
+            d.register_parameter(last, value)
+        elif isinstance(value, torch.Tensor):
+            d.register_buffer(last, value)
+        else:
+            setattr(d, last, value)

@@ -25,11 +25,11 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .graph import GraphTraceError, ModelGraph, module_type_layout, trace_model
+from .graph import GraphTraceError, ModelGraph, copy_graph_attributes, module_type_layout, trace_model
 from .validation import describe
 
 __all__ = ["POOLS", "LAYOUT_CHOICES", "check_pool", "check_layout", "pool_output", "LayerLayouts", "FunctionalTaps",
-           "functional_selection", "copy_graph_attributes"]
+           "functional_selection"]
 
 POOLS = ("none", "flatten", "mean", "cls", "last")
 LAYOUT_CHOICES = ("auto", "channels_first", "channels_last")
@@ -210,26 +210,6 @@ class FunctionalTaps:
             model.forward = self._saved
         else:
             model.__dict__.pop("forward", None)
-
-
-def copy_graph_attributes(gm: fx.GraphModule, root: nn.Module) -> None:
-    """Register on ``root`` every attribute the graph of ``gm`` reads (``get_attr`` nodes), at the same path:
-    parameters as parameters, tensors as buffers, anything else as a plain attribute."""
-    for target in [n.target for n in gm.graph.nodes if n.op == "get_attr"]:
-        *path, last = target.split(".")
-        s, d = gm, root
-        for p in path:
-            s = getattr(s, p)
-            if not hasattr(d, p):
-                d.add_module(p, nn.Module())
-            d = getattr(d, p)
-        value = getattr(s, last)
-        if isinstance(value, nn.Parameter):
-            d.register_parameter(last, value)
-        elif isinstance(value, torch.Tensor):
-            d.register_buffer(last, value)
-        else:
-            setattr(d, last, value)
 
 
 def functional_selection(model: nn.Module, layers: Any) -> tuple[ModelGraph | None, list[str], Any]:

@@ -176,3 +176,18 @@ def test_default_selection_records_every_layer_of_a_resnet_and_skips_empty_conta
     got = record(m, z, pool="mean", progress=False)
     assert sorted(got) == ["fcs.0", "fcs.1"]
     torch.testing.assert_close(got["fcs.1"], m(z))
+
+
+def test_recorder_sink_must_be_callable_and_a_childless_sequential_subclass_is_a_layer():
+    with pytest.raises(TypeError, match=r"sink: expected a callable sink\(key, tensor, raw\), got str"):
+        ActivationRecorder(nn.Linear(2, 2), sink="file.npy")
+
+    class Doubler(nn.Sequential):          # no children, its own forward: a layer, recorded by default
+        def forward(self, x):
+            return 2 * x
+
+    net = nn.Sequential(nn.Linear(3, 3), Doubler(), nn.Sequential())
+    x = torch.randn(4, 3)
+    acts = record(net, x, progress=False)
+    assert sorted(acts) == ["0", "1"]
+    assert_close(acts["1"], 2 * net[0](x))

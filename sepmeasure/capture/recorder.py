@@ -154,6 +154,8 @@ class ActivationRecorder:
                  sink: Sink | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {describe(model)}")
+        if sink is not None and not callable(sink):
+            raise TypeError(f"sink: expected a callable sink(key, tensor, raw), got {describe(sink)}")
         self.model = model
         self._pool_spec = check_pool(pool)
         self._layout_spec = check_layout(layout)

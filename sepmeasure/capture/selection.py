@@ -60,7 +60,8 @@ def _match_one(spec: Any, named: list[tuple[str, nn.Module]], name: str) -> list
                     f"got {describe(spec)}")
 
 
-#: Containers: with no children they are not layers (identity, or never called).
+#: Containers: with no children they are not layers (identity, or never called); subclasses with their
+#: own forward are.
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
@@ -113,7 +114,7 @@ def select_layers(model: nn.Module, layers: LayerSelector = None,
     named = [(n, m) for n, m in model.named_modules() if n != ""]
     if layers is None:
         chosen = [i for i, (_, m) in enumerate(named) if next(m.children(), None) is None
-                  and not isinstance(m, _CONTAINERS)]
+                  and type(m) not in _CONTAINERS]
     else:
         items = list(layers) if isinstance(layers, (list, tuple)) else [layers]
         if not items:

@@ -27,7 +27,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..graph import trace_model
-from ..pooling import copy_graph_attributes
+from ..graph import copy_graph_attributes
 from .layers import along_channels
 
 __all__ = ["PartialActivation", "fold_traced"]
