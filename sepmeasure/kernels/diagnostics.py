@@ -592,15 +592,21 @@ class KernelDiagnostics(Callback):
         model.eval()
         ref = next(iter(model.parameters()))
         x = self._x.to(device=ref.device, dtype=ref.dtype)
-        if self.kernel == "ntk":
-            k = empirical_ntk(model, x, method=self.method, output="trace", params=self.params)
-        else:
-            k = neural_path_kernel(model, x)
+        what = "the fixed subset x" if self._given else "the subset drawn from the training data"
+        overflow = (f"x: expected inputs whose {self.kernel.upper()} is finite in {ref.dtype}, got a kernel that "
+                    f"overflows on {what} (inputs of magnitude up to {float(self._x.abs().max()):.3g}); rescale "
+                    f"the inputs")
+        try:
+            if self.kernel == "ntk":
+                k = empirical_ntk(model, x, method=self.method, output="trace", params=self.params)
+            else:
+                k = neural_path_kernel(model, x)
+        except ValueError as exc:
+            if str(exc).startswith("x1, x2:"):   # the kernel's own overflow check names its arguments
+                raise ValueError(overflow) from exc
+            raise
         if not bool(torch.isfinite(k).all()):
-            what = "the fixed subset x" if self._given else "the subset drawn from the training data"
-            raise ValueError(f"x: expected inputs whose {self.kernel.upper()} is finite in {k.dtype}, got "
-                             f"{int((~torch.isfinite(k)).sum())} NaN/inf kernel entries on {what} (inputs of "
-                             f"magnitude up to {float(self._x.abs().max()):.3g}); rescale the inputs")
+            raise ValueError(overflow)
         eps = torch.finfo(k.dtype).eps
         k = k.detach().cpu()     # kept in its own dtype: the rank tolerance depends on it
         now = state.step / max(state.steps_per_epoch, 1)
