@@ -40,13 +40,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sepmeasure.data import load_dataset
 from sepmeasure.kernels import empirical_ntk
 from sepmeasure.models import CNN, MLP
 from sepmeasure.provenance import library_versions, seed_everything
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import zoo  # noqa: E402
 
 # Rows per block for the two Jacobian-holding methods: large enough that they recompute little,
 # small enough to fit in memory (jacobian: 2 × 128 per-sample Jacobians of the MLP ≈ 5.6 GB).
@@ -150,53 +152,11 @@ def cifar_cnn(widths=(32, 64, 64), strides=(1, 2, 2), in_channels: int = 3, clas
     return nn.Sequential(*layers, GlobalAvgPool(), nn.Linear(chans[-1], classes))
 
 
-class BasicBlock(nn.Module):
-    """ResNet basic block in plain torch: conv-BN-relu-conv-BN plus identity or 1×1 shortcut."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(planes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return torch.relu(out + self.shortcut(x))
-
-
-class ResNet18(nn.Module):
-    """CIFAR-style ResNet-18 in plain torch: 3×3 stem, four stages of two basic blocks, ``width`` channels
-    in the first stage, average pool, linear."""
-
-    def __init__(self, width: int = 8, classes: int = 10, in_channels: int = 3) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        stages, planes = [], width
-        for i, mult in enumerate((1, 2, 4, 8)):
-            stages.append(nn.Sequential(BasicBlock(planes, width * mult, 1 if i == 0 else 2),
-                                        BasicBlock(width * mult, width * mult)))
-            planes = width * mult
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.linear = nn.Linear(8 * width, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        return self.linear(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
-
-
 def resnet_case(n: int = 16, width: int = 8, repeats: int = 3) -> dict:
     """ResNet-18 (BatchNorm in eval, random running statistics) against ``method="jacobian"``: trace and
     full kernels of ``n`` CIFAR-shaped inputs, float32, best of ``repeats`` after a warm-up."""
     seed_everything(0)
-    model = ResNet18(width).eval()
+    model = zoo.resnet18(width).eval()   # the plain-torch CIFAR ResNet-18 of the tests
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
