@@ -24,7 +24,7 @@ from sepmeasure.data import load_dataset
 from sepmeasure.models.standard import MLP
 from sepmeasure.report import FigureSpec
 from sepmeasure.separability import class_subsample
-from sepmeasure.separability.heldout import HELD_OUT_LAYER_MEASURES, held_out_layer_rows, held_out_probe_rows
+from sepmeasure.separability.layer_rows import HELD_OUT_LAYER_MEASURES, held_out_layer_rows, held_out_probe_rows
 from sepmeasure.study import Study
 from sepmeasure.training import Callback, evaluate, fit
 

@@ -9,7 +9,8 @@ import torch
 from sklearn.metrics import accuracy_score, roc_auc_score
 
 from sepmeasure.separability import MEASURES, hull_distance, layer_separability, linear_probe, md_lsm
-from sepmeasure.separability.heldout import HeldOutAUC, delong_interval, held_out_auc, held_out_layer_rows
+from sepmeasure.separability.heldout import HeldOutAUC, delong_interval, held_out_auc
+from sepmeasure.separability.layer_rows import held_out_layer_rows
 
 
 def gaussian_pair(seed, n=40, m=35, d=6, shift=0.5):
