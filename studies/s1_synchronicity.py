@@ -32,7 +32,7 @@ from sepmeasure.data import LabeledData, load_dataset
 from sepmeasure.models.standard import CNN, MLP
 from sepmeasure.report import FigureSpec
 from sepmeasure.separability import class_subsample
-from sepmeasure.separability.layer_rows import HELD_OUT_LAYER_MEASURES, held_out_layer_rows, held_out_probe_rows
+from sepmeasure.separability.layer_rows import HELD_OUT_LAYER_MEASURES, held_out_layer_rows
 from sepmeasure.study import Study
 from sepmeasure.training import Callback, evaluate, fit
 
@@ -100,12 +100,6 @@ def series_statistics(sep: np.ndarray, acc: np.ndarray, tol: float = 1e-6) -> di
     return {"agreement": agreement, "baseline": baseline, "excess_agreement": agreement - baseline,
             "spearman_of_changes": rho, "partial_spearman": partial_spearman(da, db, np.arange(da.size)),
             "intervals": float(n), "changes": float(da.size)}
-
-
-def probe_rows(acts, y: torch.Tensor, table: pd.DataFrame, layers: dict[str, int]) -> list[dict]:
-    """Held-out balanced accuracy and AUC of a class-balanced logistic probe, on the rows ``table`` held out
-    (:func:`sepmeasure.separability.layer_rows.held_out_probe_rows`; ``layers`` is not needed)."""
-    return held_out_probe_rows(acts, y, table)
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from sepmeasure.data import load_dataset
 from sepmeasure.models.standard import MLP
 from sepmeasure.report import FigureSpec
 from sepmeasure.separability import class_subsample
-from sepmeasure.separability.layer_rows import HELD_OUT_LAYER_MEASURES, held_out_layer_rows, held_out_probe_rows
+from sepmeasure.separability.layer_rows import HELD_OUT_LAYER_MEASURES, held_out_layer_rows
 from sepmeasure.study import Study
 from sepmeasure.training import Callback, evaluate, fit
 
@@ -59,13 +59,6 @@ FULL = [
     {**_COMMON_FULL, "activation": ACTIVATIONS, "width": [8, 32, 128], "depth": 2},
     {**_COMMON_FULL, "activation": "relu", "width": [8, 32, 128], "depth": [1, 4]},
 ]
-
-
-# --------------------------------------------------------------------------------------------
-# measures
-
-
-probe_rows = held_out_probe_rows   # the held-out balanced probe of S1 and S2
 
 
 class MatchedAccuracy(Callback):

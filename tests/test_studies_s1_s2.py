@@ -118,19 +118,19 @@ def test_series_statistics_against_sign_agreement_and_scipy():
     assert s["partial_spearman"] == pytest.approx(brute_partial(np.diff(sep), np.diff(acc), np.arange(14)))
 
 
-@pytest.mark.parametrize("module", [M1, M2], ids=["s1", "s2"])
-def test_probe_balanced_accuracy_and_auc_against_sklearn(module):
+def test_probe_balanced_accuracy_and_auc_against_sklearn():
+    """The held-out probe of S1 and S2 (both studies call held_out_probe_rows)."""
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
     from sepmeasure.separability import fit_logistic, layer_separability
+    from sepmeasure.separability.layer_rows import held_out_probe_rows
 
     g = torch.Generator().manual_seed(0)
     y = torch.tensor([0] * 40 + [1] * 20 + [2] * 20)
     X = torch.randn(80, 3, generator=g, dtype=torch.float64) + torch.nn.functional.one_hot(y, 3) * 1.2
     acts = {"h": X}
     table = layer_separability(acts, y, measures=("md_lsm",), pairs="ovr", held_out=0.3, seed=1, progress=False)
-    rows = pd.DataFrame(module.probe_rows(acts, y, table, {"h": 1}) if module is M1 else
-                        module.probe_rows(acts, y, table))
+    rows = pd.DataFrame(held_out_probe_rows(acts, y, table))
     test = sorted(table.attrs["held_out_rows"])
     train = [i for i in range(80) if i not in set(test)]
     for a in range(3):
