@@ -15,7 +15,6 @@ Run with ``python benchmarks/any_model.py`` on an otherwise idle machine.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,17 +27,13 @@ import sepmeasure as sm  # noqa: E402
 from sepmeasure.graph import trace_model  # noqa: E402
 
 import zoo  # noqa: E402
+from _timing import best_of  # noqa: E402
 
 REPEAT = 2
 
 
-def _best(fn, repeat: int = REPEAT) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+def best(fn) -> float:
+    return best_of(fn, REPEAT)[0]
 
 
 def _outcome(fn) -> str:
@@ -74,7 +69,7 @@ def resnet_costs() -> None:
     x = torch.randn(n, 3, 32, 32)
     y = torch.arange(n) % 2
     with torch.no_grad():
-        forward = _best(lambda: model(x))
+        forward = best(lambda: model(x))
     params = sum(p.numel() for p in model.parameters())
     print(f"\n== ResNet-18 width 64 ({params / 1e6:.1f} M parameters), {n} inputs 3x32x32, float32, "
           f"{torch.get_num_threads()} threads; forward pass {forward:.3f} s")
@@ -92,19 +87,19 @@ def resnet_costs() -> None:
         "apply_masks + fold": lambda: sm.fold(sm.apply_masks(model), (3, 32, 32)),
     }
     for label, fn in rows.items():
-        t = _best(fn)
+        t = best(fn)
         print(f"{label:45s} {t:8.3f} s  {t / forward:7.2f} forward passes")
     small = zoo.resnet18(width=16).eval()
     xs = torch.randn(16, 3, 32, 32)
     with torch.no_grad():
-        f_small = _best(lambda: small(xs))
+        f_small = best(lambda: small(xs))
     for label, fn in {
         "empirical_ntk trace, width 16, 16 inputs": lambda: sm.empirical_ntk(small, xs, output="trace"),
         # float64: the NPK multiplies 17 layers' gate overlaps (up to 16 x 32 x 32 units each), beyond float32
         "neural_path_kernel (float64), width 16, 16 inputs": lambda: sm.neural_path_kernel(small.double(),
                                                                                          xs.double()),
     }.items():
-        t = _best(fn)
+        t = best(fn)
         print(f"{label:45s} {t:8.3f} s  {t / f_small:7.1f} forward passes of the width-16 net")
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _timing import best_of  # noqa: E402
 from sepmeasure.separability import md_lsm  # noqa: E402
 
 
@@ -35,15 +35,6 @@ def strict_auc(score_a: np.ndarray, score_b: np.ndarray) -> float:
     """Fraction of pairs (a, b) with score(a) > score(b), ties counted as failures (MD-LSM's count)."""
     b_sorted = np.sort(score_b)
     return float(np.searchsorted(b_sorted, score_a, side="left").sum()) / (len(score_a) * len(score_b))
-
-
-def timed(fn, repeat: int = 2):
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return out, best
 
 
 def high_dimensional(n: int, d: int, s: float = 0.5) -> None:
@@ -66,13 +57,13 @@ def high_dimensional(n: int, d: int, s: float = 0.5) -> None:
     print(f"\n== {n} x {n} points in {d}-D, shift {s}, float64, {torch.get_num_threads()} threads")
     best_auc, lr_time = 0.0, None
     for name, fit in baselines.items():
-        model, t = timed(fit)
+        t, model = best_of(fit)
         scores = model.decision_function(X)
         auc = strict_auc(scores[:n], scores[n:])
         best_auc = max(best_auc, auc)
         lr_time = t if name == "LogisticRegression" else lr_time
         print(f"{name:20s} AUC {auc:.5f}  fit {t:7.3f} s")
-    r, t = timed(lambda: md_lsm(A, B))
+    t, r = best_of(lambda: md_lsm(A, B))
     print(f"{'md_lsm':20s} value {r.value:.5f} (upper {r.upper:.4f}, {r.method}/{r.status}) {t:7.3f} s")
     print(f"md_lsm - best baseline AUC = {r.value - best_auc:+.5f} (never negative);  "
           f"md_lsm time / LogisticRegression fit = {t / lr_time:.1f}x")
@@ -94,8 +85,8 @@ def two_dimensional() -> None:
     g = torch.Generator().manual_seed(1)
     A = torch.randn(100, 2, generator=g, dtype=torch.float64) + torch.tensor([0.4, 0.0], dtype=torch.float64)
     B = torch.randn(120, 2, generator=g, dtype=torch.float64) - torch.tensor([0.4, 0.0], dtype=torch.float64)
-    r, t = timed(lambda: md_lsm(A, B, method="sweep"))
-    ref, t_ref = timed(lambda: brute_force_2d(A.numpy(), B.numpy()), repeat=1)
+    t, r = best_of(lambda: md_lsm(A, B, method="sweep"))
+    t_ref, ref = best_of(lambda: brute_force_2d(A.numpy(), B.numpy()), repeats=1)
     print(f"\n== 2-D, 100 x 120 overlapping points: sweep {r.value:.6f} ({r.status}, lower == upper: "
           f"{r.lower == r.upper}) in {t:.3f} s; brute force over all critical directions {ref:.6f} in "
           f"{t_ref:.2f} s ({t_ref / t:.0f}x the sweep)")

@@ -49,6 +49,7 @@ from sepmeasure.provenance import library_versions, seed_everything
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import zoo  # noqa: E402
+from _timing import best_of  # noqa: E402
 
 # Rows per block for the two Jacobian-holding methods: large enough that they recompute little,
 # small enough to fit in memory (jacobian: 2 × 128 per-sample Jacobians of the MLP ≈ 5.6 GB).
@@ -171,7 +172,8 @@ def resnet_case(n: int = 16, width: int = 8, repeats: int = 3) -> dict:
         model.float()
         row = {}
         for method in ("auto", "structured", "jacobian"):
-            t, k = _best_of(lambda: empirical_ntk(model, x, method=method, output=output, progress=False), repeats)
+            t, k = best_of(lambda: empirical_ntk(model, x, method=method, output=output, progress=False), repeats,
+                           warmup=True)
             row[method] = t
             row[f"{method}_rel_error"] = float((k.double() - ref64).norm() / ref64.norm())
         rows[output] = row
@@ -203,16 +205,6 @@ def export_layers(model: nn.Sequential) -> list[dict]:
     return spec
 
 
-def _best_of(fn, repeats: int) -> tuple[float, torch.Tensor]:
-    fn()                                            # warm-up
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
-
-
 def peers(sizes: list[int], quick: bool, repeats: int = 3) -> dict:
     """sepmeasure against neural-tangents on the same weights and inputs; returns the rows printed."""
     seed_everything(0)
@@ -230,7 +222,7 @@ def peers(sizes: list[int], quick: bool, repeats: int = 3) -> dict:
             model.float()
             row = {}
             for method in ("auto", "structured", "jacobian"):
-                t, k = _best_of(lambda: empirical_ntk(model, x, method=method, progress=False), repeats)
+                t, k = best_of(lambda: empirical_ntk(model, x, method=method, progress=False), repeats, warmup=True)
                 row[method] = t
                 row[f"{method}_rel_error"] = float((k.double() - ref64).norm() / ref64.norm())
             ours[case] = row

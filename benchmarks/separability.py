@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _timing import best_of  # noqa: E402
 from sepmeasure.separability import hull_distance, pairwise_hull_distances  # noqa: E402
 
 TARGET_CLARABEL = 50.0
@@ -64,15 +64,6 @@ def mnist1d_layer(width: int, per_class: int, epochs: int = 8) -> tuple[torch.Te
     return acts["layers.1.act"].to(torch.float64), train.y[keep]
 
 
-def best_time(fn, repeats: int):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return out, best
-
-
 def compare(native, ref) -> tuple[float, bool]:
     if ref.separable is False or native.separable is False:
         diff = abs(native.distance - ref.distance) / native.scale
@@ -88,9 +79,9 @@ def single_loop(X: torch.Tensor, y: torch.Tensor) -> dict:
 
 
 def pairwise_case(name: str, X: torch.Tensor, y: torch.Tensor, repeats: int) -> dict:
-    batch, t_batch = best_time(lambda: pairwise_hull_distances(X, y, progress=False), repeats)
-    loop, t_loop = best_time(lambda: single_loop(X, y), repeats)
-    refs, t_ref = best_time(lambda: pairwise_hull_distances(X, y, method="reference", progress=False), repeats)
+    t_batch, batch = best_of(lambda: pairwise_hull_distances(X, y, progress=False), repeats)
+    t_loop, loop = best_of(lambda: single_loop(X, y), repeats)
+    t_ref, refs = best_of(lambda: pairwise_hull_distances(X, y, method="reference", progress=False), repeats)
     worst, inside, worst_loop = 0.0, True, 0.0
     for key, r in batch.items():
         diff, ok = compare(r, refs[key])
@@ -126,8 +117,8 @@ def single_cases(repeats: int) -> None:
     for n, d in [(500, 64), (2000, 512)]:
         for kind, target in SINGLE_TARGETS.items():
             A, B = gaussians(kind, n, d)
-            native, t_nat = best_time(lambda: hull_distance(A, B), repeats)
-            ref, t_ref = best_time(lambda: hull_distance(A, B, method="reference"), max(1, repeats - 1))
+            t_nat, native = best_of(lambda: hull_distance(A, B), repeats)
+            t_ref, ref = best_of(lambda: hull_distance(A, B, method="reference"), max(1, repeats - 1))
             diff, inside = compare(native, ref)
             print(f"{kind:<18} {n:>5} {d:>4} {t_nat:>8.3f} {t_ref:>9.3f} {t_ref / t_nat:>7.1f}x "
                   f"{target if (n, d) == (2000, 512) else '':>7} {native.distance:>12.6g} {diff:>9.1e} "
