@@ -42,6 +42,7 @@ __all__ = [
     "MAX_CLASSES",
     "cast_inputs",
     "check_cast",
+    "rejected_batch",
     "check_features",
     "check_finite",
     "check_labels",
@@ -96,6 +97,13 @@ def check_finite(x: torch.Tensor, name: str, where: str) -> None:
     if (torch.is_floating_point(x) or x.is_complex()) and not bool(torch.isfinite(x).all()):
         n_bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name}: expected finite inputs, got {n_bad} NaN/inf entries in {where}")
+
+
+def rejected_batch(name: str, x: torch.Tensor, exc: BaseException) -> ValueError:
+    """The error for a model that cannot take the batch ``x`` of argument ``name`` (a wrong width,
+    rank or dtype): it names the argument and keeps torch's message ``exc``."""
+    return ValueError(f"{name}: expected inputs the model accepts, got a batch of shape {tuple(x.shape)} and "
+                      f"dtype {x.dtype}; the model raised RuntimeError: {exc}")
 
 
 def check_cast(x: torch.Tensor, name: str, dtype: torch.dtype | None) -> None:

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from ._progress import progress_bar, wanted
 from .data import LabeledData, as_dataset
-from .inputs import check_cast, dataset_batches, model_device, model_dtype, tensor_batches
+from .inputs import check_cast, dataset_batches, model_device, model_dtype, rejected_batch, tensor_batches
 from .provenance import environment_info, seed_everything
 from .validation import check_choice, check_int, check_positive, check_seed, describe
 
@@ -153,8 +153,7 @@ def _forward(model: nn.Module, xb: torch.Tensor, name: str, first: bool) -> torc
     except torch.OutOfMemoryError:
         raise
     except RuntimeError as exc:
-        raise ValueError(f"{name}: expected inputs the model accepts, got a batch of shape {tuple(xb.shape)} and "
-                         f"dtype {xb.dtype}; the model raised RuntimeError: {exc}") from exc
+        raise rejected_batch(name, xb, exc) from exc
 
 
 def _check_outputs(out: torch.Tensor, data: Dataset, yb: torch.Tensor, first: bool, name: str) -> None:

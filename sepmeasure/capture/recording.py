@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from sepmeasure._progress import progress_bar, wanted
-from sepmeasure.inputs import BatchSource, cast_inputs, check_cast, check_finite, model_device, model_dtype
+from sepmeasure.inputs import (BatchSource, cast_inputs, check_cast, check_finite, model_device, model_dtype,
+                               rejected_batch)
 from sepmeasure.validation import check_int, describe
 
 from .activations import Activations, BufferWriter, spill_collected
@@ -200,8 +201,7 @@ def _run_batches(model: nn.Module, source: BatchSource, recorder: ActivationReco
             except RuntimeError as exc:  # a model that cannot take the inputs (a wrong width, rank or dtype)
                 if not raised_by_torch(exc):
                     raise
-                raise ValueError(f"data: expected inputs the model accepts, got a batch of shape {tuple(x.shape)} "
-                                 f"and dtype {x.dtype}; the model raised RuntimeError: {exc}") from exc
+                raise rejected_batch("data", x, exc) from exc
             recorder.check_fired()
         else:
             model(x)
