@@ -98,16 +98,21 @@ def test_sparsity_prior_exponent_range():
             SparsityPrior(p=bad)
 
 
-def _masked_mlp():
-    return sm.apply_masks(MLP(2, [3], 2))
-
-
-@pytest.mark.parametrize("shape, err, match", [
+#: input_shape values check_input_shape refuses for every model (fold, effective_halfspaces)
+_BAD_SHAPES = [
     ("abc", TypeError, r"^input_shape: expected a sequence of ints"),
     ((), ValueError, r"^input_shape: expected at least one dimension"),
     ((-3,), ValueError, r"^input_shape\[0\]: expected an int >= 1"),
     ((0,), ValueError, r"^input_shape\[0\]: expected an int >= 1"),
     ((2.5,), TypeError, r"^input_shape\[0\]: expected an int"),
+]
+
+
+def _masked_mlp():
+    return sm.apply_masks(MLP(2, [3], 2))
+
+
+@pytest.mark.parametrize("shape, err, match", _BAD_SHAPES + [
     ((10 ** 9,), ValueError, r"^input_shape: expected at most MAX_INPUT_SIZE = 2\*\*24 entries"),
     ((3,), ValueError, r"^input_shape: expected a shape of 2 entries \(the MLP's in_features\)"),
 ])
@@ -122,12 +127,7 @@ def test_fold_input_shape_is_checked_before_building_an_input(shape, err, match)
     assert sm.fold(cnn, input_shape=(10,)).report.macs_before == sm.fold(cnn, input_shape=(1, 10)).report.macs_before
 
 
-@pytest.mark.parametrize("shape, err, match", [
-    ("abc", TypeError, r"^input_shape: expected a sequence of ints"),
-    ((), ValueError, r"^input_shape: expected at least one dimension"),
-    ((-3,), ValueError, r"^input_shape\[0\]: expected an int >= 1"),
-    ((0,), ValueError, r"^input_shape\[0\]: expected an int >= 1"),
-    ((2.5,), TypeError, r"^input_shape\[0\]: expected an int"),
+@pytest.mark.parametrize("shape, err, match", _BAD_SHAPES + [
     ((10 ** 9,), ValueError, r"^input_shape: expected at most MAX_INPUT_SIZE"),
     ((3,), ValueError, r"^input_shape: expected a shape of 2 entries \(the DLGN's in_features\)"),
 ])
