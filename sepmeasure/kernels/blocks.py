@@ -18,8 +18,13 @@ import torch
 
 from .._progress import progress_bar
 
-__all__ = ["BlockGrid", "BlockPair", "BlockSink", "Producer", "TensorSink", "fill_blocks", "local_producer",
-           "swap_block"]
+__all__ = ["BlockGrid", "BlockPair", "BlockSink", "KernelOverflowError", "Producer", "TensorSink", "fill_blocks",
+           "local_producer", "swap_block"]
+
+
+class KernelOverflowError(ValueError):
+    """A kernel of finite inputs whose entries overflow its dtype (raised by the NTK and the NPK, whose
+    messages name their inputs ``x1, x2``; callers that pass other arguments re-raise naming those)."""
 
 BlockPair = tuple[int, int]
 

@@ -8,6 +8,7 @@ import torch
 
 from ..training import Callback, TrainingState
 from ..validation import as_tensor, check_choice, check_features, check_int, describe
+from .blocks import KernelOverflowError
 from .diagnostics import check_targets, kernel_rows
 from .npk import neural_path_kernel
 from .ntk import ParameterSelector, empirical_ntk
@@ -108,12 +109,8 @@ class KernelDiagnostics(Callback):
                 k = empirical_ntk(model, x, method=self.method, output="trace", params=self.params)
             else:
                 k = neural_path_kernel(model, x)
-        except ValueError as exc:
-            if str(exc).startswith("x1, x2:"):   # the kernel's own overflow check names its arguments
-                raise ValueError(overflow) from exc
-            raise
-        if not bool(torch.isfinite(k).all()):
-            raise ValueError(overflow)
+        except KernelOverflowError as exc:   # named after the kernels' own arguments x1, x2
+            raise ValueError(overflow) from exc
         eps = torch.finfo(k.dtype).eps
         k = k.detach().cpu()     # kept in its own dtype: the rank tolerance depends on it
         now = state.step / max(state.steps_per_epoch, 1)

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .blocks import BlockGrid, TensorSink, fill_blocks, local_producer
+from .blocks import BlockGrid, KernelOverflowError, TensorSink, fill_blocks, local_producer
 from .traced_gates import TracedReLUNetwork
 from ..validation import check_features, check_int, describe
 
@@ -367,9 +367,9 @@ def neural_path_kernel(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | No
     if not bool(torch.isfinite(out).all()):
         # finite inputs and gates in [0, 1]: only the value-input products can overflow
         top = max(float(x1.abs().max()), float(xs.abs().max()))
-        raise ValueError(f"x1, x2: the neural path kernel overflows {out.dtype} (max {torch.finfo(out.dtype).max:.3g}) "
-                         f"for inputs of magnitude up to {top:.3g}; rescale the inputs (the kernel is quadratic in "
-                         f"them) or use float64")
+        raise KernelOverflowError(f"x1, x2: the neural path kernel overflows {out.dtype} (max "
+                                  f"{torch.finfo(out.dtype).max:.3g}) for inputs of magnitude up to {top:.3g}; rescale "
+                                  f"the inputs (the kernel is quadratic in them) or use float64")
     return out
 
 

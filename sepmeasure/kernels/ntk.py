@@ -31,7 +31,7 @@ from torch import nn
 from .ntk_problem import JACOBIAN, NTVP, Builder, NTKProblem, Plan
 from .ntk_structured import STRUCTURED, method_costs
 from .block_executors import check_executor, producer
-from .blocks import BlockGrid, TensorSink, fill_blocks, swap_block
+from .blocks import BlockGrid, KernelOverflowError, TensorSink, fill_blocks, swap_block
 from .kernel_files import NpySink, fingerprint
 from ..validation import (check_choice, check_features, check_int, compile_name_pattern, describe, did_you_mean,
                           list_names)
@@ -444,8 +444,9 @@ def _check_finite_kernel(K: torch.Tensor | np.ndarray, x1: torch.Tensor, x2: tor
         finite = all(bool(np.isfinite(K[i:i + rows]).all()) for i in range(0, K.shape[0], rows))
     if not finite:
         top = max(float(x1.abs().max()), float(x2.abs().max()) if x2 is not None else 0.0)
-        raise ValueError(f"x1, x2: the NTK overflows {K.dtype} for inputs of magnitude up to {top:.3g} (it grows "
-                         f"with the square of the output's gradients); rescale the inputs or use float64")
+        raise KernelOverflowError(f"x1, x2: the NTK overflows {K.dtype} for inputs of magnitude up to {top:.3g} (it "
+                                  f"grows with the square of the output's gradients); rescale the inputs or use "
+                                  f"float64")
 
 
 class NTKBlocks:
