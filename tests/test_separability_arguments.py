@@ -55,3 +55,14 @@ def test_classes_must_be_a_sequence_of_int_labels():
     by_list = sm.pairwise_hull_distances(X, y, pairs="ovr", classes=[0, 1], progress=False)
     by_tensor = sm.pairwise_hull_distances(X, y, pairs="ovr", classes=torch.tensor([0, 1]), progress=False)
     assert len(by_list) == len(by_tensor) == 2
+
+
+def test_a_held_out_split_seed_beyond_32_bits_is_named():
+    """The held-out split is scikit-learn's train_test_split (32-bit random_state): a larger seed
+    is an error naming seed, not scikit-learn's InvalidParameterError; the largest one works."""
+    X = torch.randn(30, 3, generator=torch.Generator().manual_seed(4))
+    y = torch.arange(30) % 2
+    with pytest.raises(ValueError, match=r"seed: expected an int <= 4294967295 \(the split is scikit-learn"):
+        sm.layer_separability({"x": X}, y, measures=("linear_probe",), held_out=0.3, seed=2**40, progress=False)
+    t = sm.layer_separability({"x": X}, y, measures=("linear_probe",), held_out=0.3, seed=2**32 - 1, progress=False)
+    assert len(t) == 1

@@ -200,7 +200,8 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
 
     y = check_labels(labels, "labels").cpu().numpy()
     fraction = check_fraction(fraction, "held_out")
-    seed = check_int(seed, "seed", minimum=0)
+    seed = check_int(seed, "seed", minimum=0, maximum=2**32 - 1,
+                     why="the split is scikit-learn's train_test_split, whose random_state is 32-bit")
     classes, counts = np.unique(y, return_counts=True)
     if counts.min() < 2:
         raise ValueError(f"held_out: expected at least 2 rows of every class to hold some out, got "
