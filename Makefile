@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test report docs bench clean
+.PHONY: install test report docs bench peers clean
 
 install: $(STAMP)
 
@@ -38,8 +38,30 @@ $(DOCS_STAMP): $(STAMP)
 docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
+# The peers of benchmarks/ntk.py (neural-tangents on jax, nngeometry on torch) live in their own
+# environment, never in .venv; `make bench` creates it when missing. Without it (no registry) the NTK
+# benchmark says so and prints sepmeasure's columns only.
+PEERS_VENV ?= .venv-peers
+PEERS_PY := $(PEERS_VENV)/bin/python
+PEERS_STAMP := $(PEERS_VENV)/.installed
+PEERS_REQ := benchmarks/peers/requirements.txt benchmarks/peers/requirements-nodeps.txt
+
+peers: $(PEERS_STAMP)
+
+$(PEERS_STAMP): $(PEERS_REQ)
+	test -x $(PEERS_PY) || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_PY) -m pip install -q -r benchmarks/peers/requirements.txt
+	$(PEERS_PY) -m pip install -q --no-deps -r benchmarks/peers/requirements-nodeps.txt
+	@if $(PEERS_PY) -m pip list 2>/dev/null | grep -iqE '^(triton|nvidia-)'; then \
+		echo "error: a CUDA build of torch or triton was pulled into $(PEERS_VENV);" \
+			"expected the CPU wheel torch==2.13.0" >&2; exit 1; fi
+	touch $(PEERS_STAMP)
+
 bench: install
-	@for b in benchmarks/[!_]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@$(MAKE) --no-print-directory peers PEERS_VENV=$(PEERS_VENV) || \
+		echo "warning: the peers' environment $(PEERS_VENV) could not be created or completed;" \
+			"benchmarks/ntk.py prints sepmeasure's columns only" >&2
+	@for b in benchmarks/[!_]*.py; do echo "== $$b"; PEERS_PYTHON=$(abspath $(PEERS_PY)) $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -9,22 +9,29 @@ Ratios are ``time(jacobian) / time(method)`` measured on the same inputs in this
 the best of up to three runs after a warm-up; one run when it takes over 10 s); agreement is the
 relative Frobenius error against the jacobian kernel.
 
-* against neural-tangents (``--peers``): the CIFAR-shaped CNN (3 convs 3→32→64→64, strides 1/2/2,
-  global average pool, linear to 10) and the MLP, full kernels on the same weights and inputs
-  (float32), sepmeasure's ``method="auto"`` against neural-tangents' three implementations, run in
-  the peers' own environment ``.venv-peers`` (``benchmarks/peers``) as a subprocess reading the same
-  ``.npz``; it checks its kernel equals ours (float64 reference) before timing. Without that
-  environment only our columns are printed.
+* against the peers and against sepmeasure's own explicit methods, on the same weights and inputs
+  (float32): the CIFAR-shaped CNN (3 convs 3→32→64→64, strides 1/2/2, global average pool, linear
+  to 10) at 32 and 64 inputs, the MLP at 64, the plain-torch CIFAR ResNet-18 of ``tests/zoo.py``
+  (width 8, BatchNorm in eval with random running statistics) and a ViT (patch conv 3→32, kernel 4,
+  stride 4 on 32×32 inputs, class token and position embedding, 4 ``nn.TransformerEncoderLayer``
+  of width 32, 4 heads, feed-forward 64, LayerNorm, linear head to 10; eval mode) at 16 inputs.
+  sepmeasure's ``method="auto"`` is timed with each explicit method (``structured``, ``ntvp``,
+  ``jacobian``; trace and full kernels for ResNet-18 and the ViT) and ``auto / best explicit`` is
+  printed against the target of 1.2. The peers run as subprocesses in their own environment
+  (``.venv-peers``, which ``make bench`` creates; ``PEERS_PYTHON`` names another interpreter),
+  each reading the same ``.npz`` of weights and inputs: neural-tangents' three implementations on
+  the models rewritten in JAX (``benchmarks/peers/nt_ntk.py``) and nngeometry's Gram matrix and
+  Jacobian contraction on the models rebuilt in torch (``benchmarks/peers/nngeometry_ntk.py``).
+  Each peer's kernel is checked against ours (float64 reference) before it is timed; a model a peer
+  refuses is printed with its reason. Without that environment only our columns are printed.
 
-* against ``method="jacobian"``: a plain-torch CIFAR-style ResNet-18 of width 8 (BatchNorm in eval
-  with random running statistics), 16 inputs, trace and full kernels.
+These comparisons print ``time ours (auto) / time reference`` (below 1: ours faster) and the
+speed-up, each time the best of ``--repeats`` (3) runs after a warm-up (the peers: compile or
+first call excluded).
 
-Both comparisons print ``time ours / time reference`` (below 1: ours faster) and the speed-up, each
-time the best of 3 runs after a warm-up.
-
-Run: ``python benchmarks/ntk.py`` (``--quick`` for 64 rows instead of 256 and a 512-row trace;
-``--peers-only`` for the neural-tangents and ResNet-18 comparisons alone, ``--peers-n 32 64`` the CNN's
-sizes).
+Run: ``python benchmarks/ntk.py`` (``--quick`` for 64 rows instead of 256, a 512-row trace and 8
+inputs in the peers' comparison; ``--peers-only`` for that comparison alone, ``--models cnn mlp
+resnet18 vit`` a selection of it, ``--peers-n 32 64`` the CNN's sizes).
 """
 from __future__ import annotations
 
@@ -135,8 +142,17 @@ def trace_run(path: str) -> dict:
             "min_eigenvalue": eig_min, "max_eigenvalue": float(k.diagonal().max())}
 
 
-PEERS_PYTHON = Path(__file__).resolve().parent.parent / ".venv-peers" / "bin" / "python"
-PEERS_SCRIPT = Path(__file__).resolve().parent / "peers" / "nt_ntk.py"
+PEERS_DIR = Path(__file__).resolve().parent / "peers"
+# The peers' interpreter: ``make bench`` passes its PEERS_VENV's as PEERS_PYTHON.
+DEFAULT_PEERS_PYTHON = Path(__file__).resolve().parent.parent / ".venv-peers" / "bin" / "python"
+PEER_SCRIPTS = {"neural-tangents": PEERS_DIR / "nt_ntk.py", "nngeometry": PEERS_DIR / "nngeometry_ntk.py"}
+PEER_MISSING = 3      # a peer script's exit status when its library is not installed
+EXPLICIT_METHODS = ("structured", "ntvp", "jacobian")
+VIT_KWARGS = {"image_size": 32, "patch": 4, "dim": 32, "depth": 4, "heads": 4, "mlp_dim": 64, "num_classes": 10}
+
+
+def peers_python() -> Path:
+    return Path(os.environ.get("PEERS_PYTHON") or DEFAULT_PEERS_PYTHON)
 
 
 class GlobalAvgPool(nn.Module):
@@ -153,11 +169,10 @@ def cifar_cnn(widths=(32, 64, 64), strides=(1, 2, 2), in_channels: int = 3, clas
     return nn.Sequential(*layers, GlobalAvgPool(), nn.Linear(chans[-1], classes))
 
 
-def resnet_case(n: int = 16, width: int = 8, repeats: int = 3) -> dict:
-    """ResNet-18 (BatchNorm in eval, random running statistics) against ``method="jacobian"``: trace and
-    full kernels of ``n`` CIFAR-shaped inputs, float32, best of ``repeats`` after a warm-up."""
-    seed_everything(0)
-    model = zoo.resnet18(width).eval()   # the plain-torch CIFAR ResNet-18 of the tests
+def resnet18(width: int = 8) -> nn.Module:
+    """The plain-torch CIFAR ResNet-18 of the tests, BatchNorm in eval with random running statistics
+    and affines (so that BatchNorm is not the identity)."""
+    model = zoo.resnet18(width).eval()
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -165,115 +180,187 @@ def resnet_case(n: int = 16, width: int = 8, repeats: int = 3) -> dict:
                 m.running_var.uniform_(0.5, 2)
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.normal_(0, 0.1)
-    x = torch.randn(n, 3, 32, 32)
-    rows = {}
-    for output in ("trace", "full"):
-        ref64 = empirical_ntk(model.double(), x.double(), method="jacobian", output=output, progress=False)
-        model.float()
-        row = {}
-        for method in ("auto", "structured", "jacobian"):
-            t, k = best_of(lambda: empirical_ntk(model, x, method=method, output=output, progress=False), repeats,
-                           warmup=True)
-            row[method] = t
-            row[f"{method}_rel_error"] = float((k.double() - ref64).norm() / ref64.norm())
-        rows[output] = row
-        print(f"  resnet18 width {width}, {n} inputs, {output:>5}: auto {row['auto']:7.3f} s, structured "
-              f"{row['structured']:7.3f} s (err {row['structured_rel_error']:.1e}), jacobian {row['jacobian']:7.3f} s "
-              f"(err {row['jacobian_rel_error']:.1e})"
-              f" → time ours (auto) / jacobian {row['auto'] / row['jacobian']:.2f} "
-              f"(speed-up {row['jacobian'] / row['auto']:.2f}×)")
-    return rows
+    return model
+
+
+def vit() -> nn.Module:
+    """The ViT of the issue: patch conv 3→32 (kernel 4, stride 4) on 32×32 inputs, class token and
+    position embedding, 4 ``nn.TransformerEncoderLayer`` (d_model 32, 4 heads, feed-forward 64,
+    dropout 0), LayerNorm, linear head to 10; eval mode (``tests/zoo.py``'s ``vit``)."""
+    model = zoo.vit(**VIT_KWARGS).eval()
+    with torch.no_grad():
+        model.cls_token.normal_(0, 0.02)    # zero at initialisation, which would hide its kernel term
+    return model
 
 
 def export_layers(model: nn.Sequential) -> list[dict]:
-    """The layer list ``benchmarks/peers/nt_ntk.py`` rebuilds in JAX (weights under torch names)."""
+    """The layer list ``benchmarks/peers/nt_ntk.py`` rebuilds in JAX and ``nngeometry_ntk.py`` in torch
+    (weights under torch names)."""
     spec = []
     for name, m in model.named_children():
         if isinstance(m, (nn.Conv1d, nn.Conv2d)):
-            spec.append({"type": "conv", "weight": f"{name}.weight", "bias": f"{name}.bias" if m.bias is not None
-                         else None, "stride": list(m.stride), "padding": list(m.padding),
-                         "dilation": list(m.dilation), "groups": m.groups})
+            spec.append({"type": "conv", "name": name, "weight": f"{name}.weight", "shape": list(m.weight.shape),
+                         "bias": f"{name}.bias" if m.bias is not None else None, "stride": list(m.stride),
+                         "padding": list(m.padding), "dilation": list(m.dilation), "groups": m.groups})
         elif isinstance(m, nn.Linear):
-            spec.append({"type": "linear", "weight": f"{name}.weight",
+            spec.append({"type": "linear", "name": name, "weight": f"{name}.weight", "shape": list(m.weight.shape),
                          "bias": f"{name}.bias" if m.bias is not None else None})
         elif isinstance(m, (nn.ReLU, nn.Tanh, nn.Flatten, GlobalAvgPool)):
             spec.append({"type": {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Flatten: "flatten",
-                                  GlobalAvgPool: "gap"}[type(m)]})
+                                  GlobalAvgPool: "gap"}[type(m)], "name": name})
         else:
             raise ValueError(f"model: expected Conv, Linear, ReLU, Tanh, Flatten or GlobalAvgPool children, "
                              f"got {type(m).__name__} at {name!r}")
     return spec
 
 
-def peers(sizes: list[int], quick: bool, repeats: int = 3) -> dict:
-    """sepmeasure against neural-tangents on the same weights and inputs; returns the rows printed."""
+def write_case(path: Path, model: nn.Module, x: torch.Tensor, kernel: torch.Tensor, arch: str, kwargs: dict) -> None:
+    """``path.npz`` (the state dict under its torch names, ``x``, our ``kernel``) and ``path.json`` (``arch``,
+    its ``kwargs`` or, for ``"sequential"``, its ``layers``, and which arrays are ``params``): what the peer
+    scripts read."""
+    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    np.savez(path.with_suffix(".npz"), x=x.cpu().numpy(), kernel=kernel.cpu().numpy(), **state)
+    spec = {"arch": arch, "kwargs": kwargs, "params": [k for k, _ in model.named_parameters()]}
+    if arch == "sequential":
+        spec["layers"] = export_layers(model)
+    path.with_suffix(".json").write_text(json.dumps(spec))
+
+
+def time_ours(model: nn.Module, x: torch.Tensor, output: str, repeats: int) -> dict:
+    """``method="auto"`` and each explicit method on ``x``: best of ``repeats`` after a warm-up, and the
+    relative error against the float64 jacobian kernel (returned as ``"ref64"``)."""
+    ref64 = empirical_ntk(model.double(), x.double(), method="jacobian", output=output, block_size=64,
+                          progress=False)
+    model.float()
+    row: dict = {"ref64": ref64}
+    for method in ("auto", *EXPLICIT_METHODS):
+        try:
+            t, k = best_of(lambda: empirical_ntk(model, x, method=method, output=output, progress=False), repeats,
+                           warmup=True)
+        except Exception as exc:  # noqa: BLE001 - a method that fails on a model is a result, printed
+            if method in ("auto", "jacobian"):
+                raise
+            row[method], row[f"{method}_error"] = float("nan"), f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+            continue
+        row[method] = t
+        row[f"{method}_rel_error"] = float((k.double() - ref64).norm() / ref64.norm())
+    best = min((m for m in EXPLICIT_METHODS if f"{m}_error" not in row), key=lambda m: row[m])
+    row["best_explicit"] = best
+    row["auto_over_best"] = row["auto"] / row[best]
+    return row
+
+
+def run_peer(peer: str, folder: str, repeats: int) -> tuple[dict | None, str]:
+    """One peer script on the cases in ``folder``: ``(its report, "")`` or ``(None, why not)``."""
+    python = peers_python()
+    if not python.exists():
+        return None, (f"no peers' environment at {python.parent.parent} (`make peers` creates it from "
+                      f"benchmarks/peers/requirements*.txt)")
+    out_json = Path(folder) / f"{peer}.json"
+    proc = subprocess.run([str(python), str(PEER_SCRIPTS[peer]), folder, "--out", str(out_json),
+                           "--repeats", str(repeats)], capture_output=True, text=True,
+                          env={**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")})
+    if proc.returncode == PEER_MISSING:
+        return None, proc.stderr.strip().splitlines()[-1]
+    if proc.returncode != 0:
+        return None, f"run failed:\n{proc.stderr[-3000:]}"
+    return json.loads(out_json.read_text()), ""
+
+
+def peer_line(peer: str, report: dict, case: str, t_ours: float) -> str:
+    rows = report["cases"].get(case, {})
+    timed_ = {m: r for m, r in rows.items() if "seconds" in r}
+    parts = [f"{m} {r['seconds']:.3f} s (err {r['rel_error']:.1e})" if "seconds" in r else f"{m} {r['error']}"
+             for m, r in rows.items()]
+    line = f"    {peer:>15}: " + ", ".join(parts)
+    if timed_:
+        fastest = min(timed_, key=lambda m: timed_[m]["seconds"])
+        t = timed_[fastest]["seconds"]
+        line += (f"\n    {'':>15}  → time ours (auto) / {peer} fastest ({fastest}) {t_ours / t:.2f} "
+                 f"(speed-up {t / t_ours:.2f}×)")
+    return line
+
+
+def peers(sizes: list[int], quick: bool, repeats: int = 3, models: list[str] | None = None) -> dict:
+    """sepmeasure against neural-tangents and nngeometry on the same weights and inputs, and against its
+    own explicit methods; returns the rows printed."""
     seed_everything(0)
-    cases = {}
-    cnn = cifar_cnn().eval()
-    mlp = nn.Sequential(nn.Linear(40, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 512),
-                        nn.ReLU(), nn.Linear(512, 10)).eval()
-    for n in sizes:
-        cases[f"cnn_{n}"] = (cnn, torch.randn(n, 3, 32, 32))
-    cases[f"mlp_{sizes[-1]}"] = (mlp, inputs(sizes[-1]))
-    ours: dict[str, dict[str, float]] = {}
+    n_big = 8 if quick else 16
+    builders = {
+        "cnn": lambda: [(f"cnn_{n}", cifar_cnn().eval(), torch.randn(n, 3, 32, 32), "sequential", {})
+                        for n in sizes],
+        "mlp": lambda: [(f"mlp_{sizes[-1]}", nn.Sequential(
+            nn.Linear(40, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
+            nn.Linear(512, 10)).eval(), inputs(sizes[-1]), "sequential", {})],
+        "resnet18": lambda: [(f"resnet18_{n_big}", resnet18(8), torch.randn(n_big, 3, 32, 32), "resnet18",
+                              {"width": 8})],
+        "vit": lambda: [(f"vit_{n_big}", vit(), torch.randn(n_big, 3, 32, 32), "vit", VIT_KWARGS)],
+    }
+    ours: dict[str, dict[str, dict]] = {}
+    reports: dict[str, tuple[dict | None, str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for case, (model, x) in cases.items():
-            ref64 = empirical_ntk(model.double(), x.double(), method="jacobian", block_size=64, progress=False)
-            model.float()
-            row = {}
-            for method in ("auto", "structured", "jacobian"):
-                t, k = best_of(lambda: empirical_ntk(model, x, method=method, progress=False), repeats, warmup=True)
-                row[method] = t
-                row[f"{method}_rel_error"] = float((k.double() - ref64).norm() / ref64.norm())
-            ours[case] = row
-            weights = {n: p.detach().numpy() for n, p in model.named_parameters()}
-            np.savez(Path(tmp) / f"{case}.npz", x=x.numpy(), kernel=ref64.numpy(), **weights)
-            (Path(tmp) / f"{case}.json").write_text(json.dumps({"layers": export_layers(model)}))
-        theirs = None
-        if PEERS_PYTHON.exists():
-            out_json = Path(tmp) / "peers.json"
-            proc = subprocess.run([str(PEERS_PYTHON), str(PEERS_SCRIPT), tmp, "--out", str(out_json),
-                                   "--repeats", str(repeats)], capture_output=True, text=True,
-                                  env={**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")})
-            if proc.returncode != 0:
-                print(f"  neural-tangents run failed:\n{proc.stderr[-3000:]}")
-            else:
-                theirs = json.loads(out_json.read_text())
-        else:
-            print(f"  no peers' environment at {PEERS_PYTHON} (see benchmarks/peers/requirements.txt): our columns only")
-    if theirs:
-        print(f"  neural-tangents {theirs['versions']['neural-tangents']}, jax {theirs['versions']['jax']} "
-              f"on {theirs['devices']}")
+        for key in models or list(builders):
+            for case, model, x, arch, kwargs in builders[key]():
+                # trace and full for the two large models (the issue's targets), full elsewhere
+                outputs = ("trace", "full") if arch != "sequential" else ("full",)
+                ours[case] = {output: time_ours(model, x, output, repeats) for output in outputs}
+                ours[case]["params"] = sum(p.numel() for p in model.parameters())
+                ours[case]["n"] = x.shape[0]
+                write_case(Path(tmp) / case, model, x, ours[case]["full"]["ref64"], arch, kwargs)
+        for peer in PEER_SCRIPTS:
+            reports[peer] = run_peer(peer, tmp, repeats)
+    versions = {peer: r["versions"] for peer, (r, _) in reports.items() if r}
+    if versions:
+        print("  peers: " + "; ".join(", ".join(f"{p} {v}" for p, v in vs.items() if v) for vs in versions.values()))
+    for peer, (report, why) in reports.items():
+        if report is None:
+            print(f"  {peer} not run, our columns only: {why}")
     for case, row in ours.items():
-        line = (f"  {case:>8}: auto {row['auto']:7.3f} s (err {row['auto_rel_error']:.1e}), structured "
-                f"{row['structured']:7.3f} s, jacobian {row['jacobian']:7.3f} s")
-        if theirs:
-            nt_row = theirs["cases"][case]
-            fastest = min(nt_row, key=lambda m: nt_row[m]["seconds"])
-            t_nt = nt_row[fastest]["seconds"]
-            line += (f"; neural-tangents fastest ({fastest}) {t_nt:7.3f} s → time ours (auto) / neural-tangents "
-                     f"{row['auto'] / t_nt:.2f} (speed-up {t_nt / row['auto']:.2f}×)")
-            row["neural_tangents"] = nt_row
-        print(line)
-    return {"ours": ours, "peers": theirs}
+        print(f"\n  {case} ({row['params']} parameters, {row['n']} inputs, float32)")
+        for output in ("trace", "full"):
+            if output not in row:
+                continue
+            r = row[output]
+            print(f"    {output:>5}: auto {r['auto']:7.3f} s (err {r['auto_rel_error']:.1e}), "
+                  + ", ".join(f"{m} {r[m]:7.3f} s" for m in EXPLICIT_METHODS)
+                  + f"; jacobian / auto {r['jacobian'] / r['auto']:.2f}×, structured err "
+                    f"{r.get('structured_rel_error', float('nan')):.1e}")
+            for m in EXPLICIT_METHODS:
+                if f"{m}_error" in r:
+                    print(f"           {m} failed: {r[f'{m}_error'][:160]}")
+            print(f"           auto / best explicit ({r['best_explicit']}) {r['auto_over_best']:.2f} "
+                  f"(target ≤ 1.2: {'met' if r['auto_over_best'] <= 1.2 else 'NOT met'})")
+        if any(report for report, _ in reports.values()):
+            print("    full kernel, the peers on the same weights and inputs:")
+        for peer, (report, why) in reports.items():
+            if report is not None:
+                print(peer_line(peer, report, case, row["full"]["auto"]))
+    for row in ours.values():
+        for output in ("trace", "full"):
+            row.get(output, {}).pop("ref64", None)
+    return {"ours": ours, "peers": {peer: r for peer, (r, _) in reports.items()}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="64 rows and a 512-row trace kernel")
     parser.add_argument("--trace-only", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--peers-only", action="store_true", help="only the comparison with neural-tangents")
+    parser.add_argument("--peers-only", action="store_true",
+                        help="only the comparison with the peers and the explicit methods (CNN, MLP, ResNet-18, ViT)")
     parser.add_argument("--peers-n", type=int, nargs="+", default=None, help="inputs of the CNN comparison")
+    parser.add_argument("--models", nargs="+", choices=("cnn", "mlp", "resnet18", "vit"), default=None,
+                        help="only these models in the comparison with the peers")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per method in that comparison")
     args = parser.parse_args()
     if args.trace_only is not None:
         print(json.dumps(trace_run(args.trace_only)))
         return
     sizes = args.peers_n or ([8] if args.quick else [32, 64])
+    header = (f"== against neural-tangents and nngeometry (full kernels) and the explicit methods (trace and full "
+              f"for ResNet-18 and the ViT), float32, {torch.get_num_threads()} threads (CNN sizes {sizes})")
     if args.peers_only:
-        print(f"== against neural-tangents, full kernels, float32 (sizes {sizes})")
-        peers(sizes, args.quick)
-        print("\n== ResNet-18 (plain torch, BatchNorm in eval) against method='jacobian', float32")
-        resnet_case()
+        print(header)
+        peers(sizes, args.quick, args.repeats, args.models)
         return
     n = 64 if args.quick else 256
     n_trace = 512 if args.quick else 2048
@@ -301,10 +388,8 @@ def main() -> None:
     ok_ntvp = mlp["structured"]["seconds"] < mlp["ntvp"]["seconds"]
     print(f"\ntargets on the MLP: structured ≥100× faster than jacobian: {'met' if ok_jac else 'NOT met'} "
           f"({mlp['structured']['speedup_vs_jacobian']:.0f}×); faster than ntvp: {'met' if ok_ntvp else 'NOT met'}")
-    print(f"\n== against neural-tangents, full kernels, float32 (sizes {sizes})")
-    peers(sizes, args.quick)
-    print("\n== ResNet-18 (plain torch, BatchNorm in eval) against method='jacobian', float32")
-    resnet_case(n=8 if args.quick else 16)
+    print("\n" + header)
+    peers(sizes, args.quick, args.repeats, args.models)
     print(f"peak RSS of this process (jacobian blocks of {REFERENCE_BLOCKS['jacobian']} rows): "
           f"{peak_rss_gib():.2f} GiB")
 
