@@ -37,7 +37,8 @@ import torch
 from torch import nn
 
 from .ntk_forms import (ELEMENT_COST, FORMS, NOMINAL_ROWS, CallShape, choose_form, dense_arrays,
-                        factored_term, factorize, gram_term, norm_jacobians, outer_jacobian, summed_outer)
+                        factored_term, factorize, gram_term, norm_jacobians, outer_jacobian,
+                        parallel_residual, summed_outer)
 from .ntk_problem import Builder, NTKProblem, Plan, cached_rows, contract, per_sample_jacobians
 from .ntk_taps import Call, Site, find_sites, output_grads, tapped_forward
 
@@ -57,8 +58,6 @@ class _Weight:
     form: str
     groups: int
     bias: str | None = None            # a gram-form bias computed with the weight (one position)
-    w: torch.Tensor | None = None      # factored form: the unit columns (K, o) found on the probe (each block
-                                       # computes its own, as an output dead on the probe may be alive there)
 
 
 @dataclass
@@ -112,7 +111,8 @@ def _close(mine: torch.Tensor, truth: torch.Tensor, tol: float, floor: float = 0
 def _verify(problem: NTKProblem, sites: list[Site], probe: torch.Tensor, broadcast: dict[str, torch.Tensor],
             channels_last: bool = False) -> tuple[set[str], list[Site], list[Call], list[torch.Tensor], bool]:
     """Parameters whose structured gradients equal autograd's on ``probe``, the sites kept, the
-    probe's calls and their cotangents ``(1, n, ...)`` for one random combination of the outputs, and
+    probe's calls and their cotangents ``(3, n, ...)`` for three random combinations of the outputs
+    (one per sample, then two shared by all samples), and
     whether the channels-last memory format is used.
 
     When the tapped model's output differs from the model's (an attention rewrite, or per-sample
@@ -139,14 +139,21 @@ def _verify(problem: NTKProblem, sites: list[Site], probe: torch.Tensor, broadca
             return _verify(problem, sites, probe, {})
         return set(), [], [], [], False
     # the rules are linear in the cotangent: checking them for one random combination of the outputs
-    # checks them for all (a wrong rule agrees only on a subspace of measure zero), in one backward pass
-    direction = torch.randn(out.shape, generator=torch.Generator(out.device).manual_seed(0), dtype=out.dtype,
-                            device=out.device)
-    grads = torch.autograd.grad(out, [c.tap for c in calls] + list(leaves.values()), grad_outputs=direction,
-                                allow_unused=True, materialize_grads=True)
-    tap_grads = [g.unsqueeze(0) for g in grads[:len(calls)]]          # (1, n, ...): one direction
+    # (its own for every sample) checks them for all (a wrong rule agrees only on a subspace of measure
+    # zero), in one backward pass; two more combinations, the same for every sample, tell which
+    # cotangents factor over outputs (see parallel_residual)
+    gen = torch.Generator(out.device).manual_seed(0)
+    direction = torch.randn(out.shape, generator=gen, dtype=out.dtype, device=out.device)
+    shared = torch.randn((2, out.shape[1]), generator=gen, dtype=out.dtype, device=out.device)
+    taps = [c.tap for c in calls]
+    pairs = [torch.autograd.grad(out, taps, grad_outputs=r.expand_as(out), retain_graph=True, allow_unused=True,
+                                 materialize_grads=True) for r in shared] if taps else []
+    grads = torch.autograd.grad(out, taps + list(leaves.values()), grad_outputs=direction, allow_unused=True,
+                                materialize_grads=True)
+    # per call (3, n, ...): the checking direction, then the two shared ones
+    tap_grads = [torch.stack([g, *(p[i] for p in pairs)]) for i, g in enumerate(grads[:len(calls)])]
     param_grads = dict(zip(leaves, grads[len(calls):]))
-    rebuilt = _rebuilt_gradients(problem, calls, tap_grads)
+    rebuilt = _rebuilt_gradients(problem, calls, [g[:1] for g in tap_grads])
     # a gradient that vanishes exactly (a bias a later normalisation removes) is compared on the scale of all
     floor = 1e-3 * max((float(g.norm()) for g in param_grads.values()), default=0.0)
     verified = set()
@@ -173,32 +180,16 @@ def _separates_samples(problem: NTKProblem, name: str, probe: torch.Tensor) -> b
     return float(g[1:].abs().max()) == 0.0
 
 
-def _factorizations(problem: NTKProblem, detail: _Structured, indices: list[int]) -> dict[int, torch.Tensor]:
-    """``{call index: w}`` for the calls among ``indices`` whose cotangents factor over outputs on the
-    first two probe rows (one backward pass per output, only as deep as those calls)."""
-    if not indices:
-        return {}
-    rows = problem.probe[:2]
-    out, calls = tapped_forward(problem, detail.sites, rows, _expand(detail.broadcast, rows.shape[0]),
-                                detail.channels_last)
-    grads = output_grads(out, [calls[i].tap for i in indices])
-    tol = 1e-5 if problem.itemsize <= 4 else 1e-11
-    found = {i: _factorization(calls[i], g, tol) for i, g in zip(indices, grads)}
-    return {i: w for i, w in found.items() if w is not None}
-
-
-def _factorization(call: Call, tap_grad: torch.Tensor, tol: float) -> torch.Tensor | None:
-    """Unit columns ``w (K, o)`` with ``g_{k,·,·,o} = w_ko c_o`` on the probe, or None.
-
-    ``w_·o`` is the top eigenvector of the ``K × K`` Gram of the cotangents of output ``o``; the
-    factorisation is accepted when it reproduces every cotangent to ``tol`` (relative).
-    """
+def _factors(call: Call, tap_grad: torch.Tensor, k: int, tol: float) -> bool:
+    """Whether the cotangents of ``call`` factor over the ``k`` outputs on the probe, from its
+    cotangents ``(3, n, ...)`` of :func:`_verify` (the last two: random output directions shared
+    by all samples, :func:`parallel_residual`)."""
+    if k < 2:
+        return False
     _, g, _ = dense_arrays(call, tap_grad, need_inputs=False)
-    k, n, t, o = g.shape
-    if k < 2 or n * t < 2:
-        return None
-    w, _, resid = factorize(g)
-    return w if resid <= tol else None
+    if g.shape[1] * g.shape[2] < 2:
+        return False
+    return parallel_residual(g[1:2], g[2:3]) <= tol
 
 
 def _plan_structured(problem: NTKProblem, output: str) -> Plan:
@@ -244,14 +235,12 @@ def _plan_structured(problem: NTKProblem, output: str) -> Plan:
         row += a.shape[1] * a.shape[2] + k * a.shape[1] * g.shape[3]
     weights = sorted({c.weight for c in calls if c.weight and c.site.kind != "norm"})
     uses = {w: tuple(i for i, c in enumerate(calls) if c.weight == w) for w in weights}
-    candidates = [w for w in weights if len(uses[w]) == 1 and choose_form(
-        [shapes[i] for i in uses[w]], k, output, problem.n_rows, factorable=True)[0] == "factored"]
-    factors = _factorizations(problem, detail, [uses[w][0] for w in candidates])
     merged = set()
+    tol = 1e-5 if problem.itemsize <= 4 else 1e-11
     for w in weights:
         mine = [shapes[i] for i in uses[w]]
-        factor = factors.get(uses[w][0]) if len(uses[w]) == 1 else None
-        form, costs = choose_form(mine, k, output, problem.n_rows, factorable=factor is not None)
+        factorable = len(uses[w]) == 1 and _factors(calls[uses[w][0]], tap_grads[uses[w][0]], k, tol)
+        form, costs = choose_form(mine, k, output, problem.n_rows, factorable=factorable)
         detail.costs[w] = costs
         biases = {calls[i].bias for i in uses[w]}
         bias = next(iter(biases)) if len(biases) == 1 else None
@@ -266,8 +255,7 @@ def _plan_structured(problem: NTKProblem, output: str) -> Plan:
         else:
             row += mine[0].o * mine[0].d + k * mine[0].t * mine[0].o
             pair = max(pair, float(mine[0].o))
-        detail.weights.append(_Weight(w, uses[w], form, mine[0].groups, bias if with_bias else None,
-                                      factor if form == "factored" else None))
+        detail.weights.append(_Weight(w, uses[w], form, mine[0].groups, bias if with_bias else None))
     detail.outer_biases = {c.bias for c in calls if c.bias and c.site.kind != "norm"} - merged
     return Plan(size * row, size * 2 * pair, detail)
 
