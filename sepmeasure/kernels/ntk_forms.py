@@ -68,21 +68,23 @@ def dense_arrays(call: Call, grad: torch.Tensor, need_inputs: bool
 
 
 def norm_jacobians(call: Call, grad: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``{name: (n, K, C)}`` for the scale and shift of one norm call."""
+    """``{name: (n, K, C)}`` for the scale and shift of one norm call.
+
+    Reduced over the positions in the layout the cotangents come in (a product and a sum over the
+    position axes; no transposed copy of the ``K``-fold cotangents).
+    """
     module, xhat = call.site.module, call.inputs
     k, n = grad.shape[:2]
-    if isinstance(module, nn.LayerNorm):
-        c = xhat[0].new_empty(module.normalized_shape).numel()
-        g = grad.reshape(k, n, -1, c).transpose(-1, -2)            # (K, n, C, P)
-        xh = xhat.reshape(n, -1, c).transpose(-1, -2)
-    else:
-        g = grad.reshape(k, n, grad.shape[2], -1)
-        xh = xhat.reshape(n, xhat.shape[1], -1)
+    if isinstance(module, nn.LayerNorm):      # (K, n, *positions, *normalized_shape)
+        positions = tuple(range(2, grad.ndim - len(module.normalized_shape)))
+    else:                                     # (K, n, C, *positions)
+        positions = tuple(range(3, grad.ndim))
     out = {}
     if call.weight:
-        out[call.weight] = torch.einsum("kncp,ncp->nkc", g, xh)
+        w = grad * xhat
+        out[call.weight] = (w.sum(dim=positions) if positions else w).reshape(k, n, -1).transpose(0, 1)
     if call.bias:
-        out[call.bias] = g.sum(-1).transpose(0, 1)
+        out[call.bias] = (grad.sum(dim=positions) if positions else grad).reshape(k, n, -1).transpose(0, 1)
     return out
 
 
