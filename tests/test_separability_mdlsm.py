@@ -315,3 +315,74 @@ def test_sampled_climb_stops_early_and_never_below_the_fitted_classifiers(monkey
     before = len(checkpoints)
     md_lsm(A, B, method="approx", steps=2000, max_pairs=10**6)   # all pairs: the climb runs every step
     assert len(checkpoints) - before == 2000 // 25
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(1, 4), na=st.integers(2, 9), nb=st.integers(2, 9),
+       d=st.integers(2, 7), tau=st.floats(0.01, 1.0))
+def test_surrogate_gradient_matches_autograd(seed, k, na, nb, d, tau):
+    """The written-out gradient of the climb's loss equals autograd's of the same loss (float64
+    throughout, the spread held constant), through the span basis and the normalisation."""
+    from sepmeasure.separability.mdlsm import surrogate_gradient
+    from sepmeasure.separability.pointsets import span_coordinates
+
+    g = torch.Generator().manual_seed(seed)
+    f64 = torch.float64
+    A = torch.randn(na, d, generator=g, dtype=f64) @ torch.randn(d, d, generator=g, dtype=f64)
+    B = torch.randn(nb, d, generator=g, dtype=f64) + 0.3
+    coords = span_coordinates(A, B)
+    W = torch.randn(k, coords.rank, generator=g, dtype=f64)
+    got = surrogate_gradient(A, B, coords, W, tau, pair_dtype=f64)
+    Wv = W.clone().requires_grad_(True)
+    M = (Wv / Wv.norm(dim=1, keepdim=True)) @ coords.from_span
+    sa, sb = A @ M.T, B @ M.T
+    spread = torch.cat([sa, sb]).std(0).detach()
+    loss = -torch.sigmoid((sa.T[:, :, None] - sb.T[:, None, :]) / (tau * spread)[:, None, None]).mean((1, 2)).sum()
+    loss.backward()
+    torch.testing.assert_close(got, Wv.grad, rtol=1e-9, atol=1e-12)
+    # in float32 pairs (the climb's setting) the gradient is the same to float32 accuracy
+    torch.testing.assert_close(surrogate_gradient(A, B, coords, W, tau), Wv.grad, rtol=2e-4, atol=1e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 30), m=st.integers(1, 30), d=st.integers(1, 12),
+       shared=st.integers(0, 5), discrete=st.booleans())
+def test_coincident_pairs_screen_matches_unique(seed, n, m, d, shared, discrete):
+    """The column screen of _coincident_pairs counts what torch.unique over all rows counts, on
+    continuous points, points on a small integer grid (most values shared) and copied rows,
+    including -0.0 against 0.0 (equal coordinates)."""
+    from sepmeasure.separability.mdlsm import _coincident_pairs, _coincident_pairs_unique
+
+    rng = np.random.default_rng(seed)
+    draw = (lambda *s: rng.integers(-1, 2, size=s).astype(float)) if discrete else (lambda *s: rng.normal(size=s))
+    A, B = draw(n, d), draw(m, d)
+    for _ in range(shared):
+        B[rng.integers(m)] = A[rng.integers(n)]
+    A[A == 0] = -0.0 if seed % 2 else 0.0
+    A, B = torch.tensor(A), torch.tensor(B)
+    expected = sum(int((A[i] == B[j]).all()) for i in range(n) for j in range(m))
+    assert _coincident_pairs(A, B) == _coincident_pairs_unique(A, B) == expected
+    assert _coincident_pairs(A, B, screen_columns=1) == expected
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lda_direction_is_scikit_learns(seed):
+    """The mean difference in whitened span coordinates, mapped to the input, is the direction of
+    scikit-learn's LinearDiscriminantAnalysis (SVD and least-squares solvers) on correlated,
+    unequal classes spanning all dimensions."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    from sepmeasure.separability._search import lda_direction
+    from sepmeasure.separability.pointsets import span_coordinates
+
+    rng = np.random.default_rng(seed)
+    mix = rng.normal(size=(6, 6))
+    A = rng.normal(size=(80, 6)) @ mix + rng.normal(size=6)
+    B = rng.normal(size=(50, 6)) @ mix * 1.5
+    coords = span_coordinates(torch.tensor(A), torch.tensor(B))
+    w = (lda_direction(coords) @ coords.from_span).numpy()
+    X, y = np.r_[A, B], np.r_[np.ones(80), np.zeros(50)]
+    for solver in ("svd", "lsqr"):
+        ref = LinearDiscriminantAnalysis(solver=solver).fit(X, y).coef_.ravel()
+        cos = w @ ref / (np.linalg.norm(w) * np.linalg.norm(ref))
+        assert cos == pytest.approx(1.0, abs=1e-10), solver

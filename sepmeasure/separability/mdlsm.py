@@ -40,12 +40,12 @@ from ._results import CertifiedResult
 from ._cvx import solve_reporting_status
 from ._search import METHODS as SEARCH_METHODS
 from ._search import (certified_search, check_bound_options, classifier_directions, check_hull_argument, check_search_options,
-                      failure_status, highs_options, proven_bound, start_directions, unit_sup_norm)
+                      failure_status, highs_options, lda_direction, proven_bound, start_directions, unit_sup_norm)
 from .pointsets import check_direction as _check_direction
 from .heldout import HeldOutAUC, check_test_sets, held_out_auc_core
 from .hull import HullDistance
 from .options import check_option_names, options_from_signature
-from .pointsets import check_point_sets, span_coordinates, standardised
+from .pointsets import SpanCoordinates, check_point_sets, span_coordinates, standardise
 
 __all__ = ["MDLSM", "md_lsm", "pair_fraction"]
 
@@ -113,8 +113,27 @@ def _pair_counts(sa: torch.Tensor, sb: torch.Tensor) -> tuple[torch.Tensor, torc
     return below.sum(-1), (m - not_above).sum(-1)
 
 
-def _coincident_pairs(A: torch.Tensor, B: torch.Tensor) -> int:
-    """Number of pairs ``(i, j)`` with ``a_i == b_j`` exactly."""
+def _coincident_pairs(A: torch.Tensor, B: torch.Tensor, screen_columns: int = 8) -> int:
+    """Number of pairs ``(i, j)`` with ``a_i == b_j`` exactly.
+
+    A coincident pair agrees in every column, so rows whose value in one column appears in no
+    row of the other set (``torch.isin``, exact comparisons) are dropped first, one column at a
+    time for up to ``screen_columns`` columns; the rows left are counted by ``torch.unique``
+    over rows. On continuous data one column leaves a handful of rows (10 000 x 512: 5 ms
+    against 0.13 s for ``unique`` of all rows); on discrete data (counts, many zeros) the
+    screen may keep every row, and the count costs what ``unique`` costs."""
+    keep_a = torch.ones(A.shape[0], dtype=torch.bool, device=A.device)
+    keep_b = torch.ones(B.shape[0], dtype=torch.bool, device=B.device)
+    for c in range(min(A.shape[1], screen_columns)):
+        keep_a &= torch.isin(A[:, c], B[keep_b, c])
+        keep_b &= torch.isin(B[:, c], A[keep_a, c])
+        if not bool(keep_a.any()):
+            return 0
+    return _coincident_pairs_unique(A[keep_a], B[keep_b])
+
+
+def _coincident_pairs_unique(A: torch.Tensor, B: torch.Tensor) -> int:
+    """:func:`_coincident_pairs` by ``torch.unique`` over all rows (the reference)."""
     X = torch.cat([A, B])
     _, inverse = torch.unique(X, dim=0, return_inverse=True)
     k = int(inverse.max()) + 1
@@ -218,14 +237,17 @@ def md_lsm(A: Any, B: Any, method: str = "auto", *, seed: int = 0, n_starts: int
         bound is proven first: when the approximate search has already reached it, the strict
         program is skipped, otherwise it is solved with its count capped at the bound.
         ``"approx"``: starts from the hull normal, scikit-learn's ``LogisticRegression()`` and
-        ``LinearSVC()`` (default settings, fitted to the input points), Fisher's discriminant
-        (LDA), a whitened logistic probe, the mean difference and ``n_starts`` random
-        directions, evaluates each exactly, climbs a smooth
+        ``LinearSVC()`` (default settings, fitted to the input points with one BLAS thread),
+        Fisher's discriminant (LDA; computed exactly, with no fit, as the mean difference of the
+        whitened coordinates, which is :math:`S_w^{-1}(\mu_A-\mu_B)`), a logistic probe in
+        whitened coordinates, the mean difference and ``n_starts`` random directions, evaluates
+        each exactly, climbs a smooth
         pairwise surrogate (the mean of :math:`\sigma(w^\top(a_i-b_j)/\tau)` over all pairs or
-        ``max_pairs`` sampled pairs per step, with :math:`\tau` annealed; with sampled pairs the
+        ``max_pairs`` sampled pairs per step, with :math:`\tau` annealed and the sigmoids in
+        float32; with sampled pairs the
         climb stops after 50 steps without a better exact count), and keeps the best
-        exact pair fraction seen, so ``value`` is never below the in-sample AUC of those
-        classifiers. Its upper bound is certified but, in high dimension, usually 1 or close
+        exact pair fraction (float64, in the input coordinates) seen, so ``value`` is never
+        below the in-sample AUC of those classifiers. Its upper bound is certified but, in high dimension, usually 1 or close
         to it: bounding the best count from above is a max-agreement problem, NP-hard in general,
         whose cheap certificates (point-disjoint overlapping subsets found by the hull solver,
         each costing one pair) lower the bound by only ``witnesses / (n m)``, and are looked for
@@ -324,9 +346,9 @@ def md_lsm_core(A: torch.Tensor, B: torch.Tensor, options: Any, hull: HullDistan
     o = options
     # the classifier baselines are fitted on the sets as given (their fits are not scale-free), unless
     # the sets' magnitude is beyond what those fits handle; then on the standardised sets
-    size = float(torch.maximum(A.abs().max(), B.abs().max()))
-    raw = (A, B) if 1e-30 <= size <= 1e30 else None
-    A, B = standardised(A, B)   # MD-LSM is invariant to translation and scale: solve at unit scale
+    unit = standardise(A, B)   # MD-LSM is invariant to translation and scale: solve at unit scale
+    raw = (A, B) if 1e-30 <= unit.scale <= 1e30 else None
+    A, B = unit.a, unit.b
     n, m = A.shape[0], B.shape[0]
     total = n * m
     method = o.method
@@ -461,69 +483,90 @@ def _approx_search(A: torch.Tensor, B: torch.Tensor, hull: HullDistance, *, seed
         if count == n * m:
             return count, w
     coords = span_coordinates(A, B)
-    Ar, Br = coords.a, coords.b
-    r = Ar.shape[1]
+    r = coords.rank
     if r == 0:
         return 0, None
     fitted = classifier_directions(*(fit_on or (A, B))).to(A64)
-    baselines = [fitted, (A64.mean(0) - B64.mean(0))[:, None]]
+    lda = (lda_direction(coords) @ coords.from_span)[:, None]
+    baselines = [fitted, lda, (A64.mean(0) - B64.mean(0))[:, None]]
     if hull.normal is not None:
         baselines.append(hull.normal.to(A64)[:, None])
     # the baselines' own scores, in the input coordinates: the value is never below any of them
-    base_count, base_w = _best_signed(A64, B64, torch.cat(baselines, 1))
+    best_count, best_w = _best_signed(A64, B64, torch.cat(baselines, 1))
     gen = torch.Generator().manual_seed(seed)
     W = start_directions(coords, hull, n_starts, gen, extra=fitted)
-    best_count, best_w = _best_signed(Ar, Br, W)
+    # every count is exact in the input coordinates: a span direction v is the input direction v @ from_span
+    count, w = _best_signed(A64, B64, coords.to_span @ W)
+    if count > best_count:
+        best_count, best_w = count, w
     if steps and W.shape[1] and best_count < n * m:
         stale = 0   # checkpoints (every 25 steps) in a row that found nothing better
-        for Wc in _surrogate_climb(Ar, Br, W, steps=steps, max_pairs=max_pairs, gen=gen):
-            count, w = _best_signed(Ar, Br, Wc)
+        for Wc in _surrogate_climb(A64, B64, coords, W, steps=steps, max_pairs=max_pairs, gen=gen):
+            count, w = _best_signed(A64, B64, coords.to_span @ Wc)
             if count > best_count:
                 best_count, best_w, stale = count, w, 0
             else:
                 stale += 1
                 if stale == CLIMB_PATIENCE and n * m > max_pairs:
                     break
-    if best_w is None:
-        return base_count, base_w
-    normal = best_w @ coords.from_span
-    normal = normal / normal.norm()
-    count, w = _best_signed(A64, B64, normal[:, None])   # what a user reproduces in input coordinates
-    if base_w is not None and base_count > count:
-        return base_count, base_w / base_w.norm()
-    return count, w
+    return best_count, best_w
 
 
-def _surrogate_climb(Ar: torch.Tensor, Br: torch.Tensor, W0: torch.Tensor, *, steps: int, max_pairs: int,
-                     gen: torch.Generator):
-    """Adam on the mean pairwise sigmoid of every column of ``W0``; yields the iterates now and then."""
-    n, m = Ar.shape[0], Br.shape[0]
+def surrogate_gradient(a: torch.Tensor, b: torch.Tensor, coords: SpanCoordinates, W: torch.Tensor, tau: float,
+                       pair_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    r"""Gradient in ``W`` (k x r: one direction in span coordinates per row) of the climb's loss
+    :math:`-\sum_k \operatorname{mean}_{ij}\sigma\big((a_i - b_j)^\top \hat w_k F/(\tau s_k)\big)`,
+    :math:`\hat w_k = w_k/\|w_k\|`, ``F`` = ``coords.from_span``.
+
+    ``a`` (na x d) and ``b`` (nb x d) are input points, ``s_k`` the standard deviation of the
+    scores of ``a`` and ``b`` along :math:`\hat w_k F`, held constant (not differentiated).
+    Scores and the products with the points are in the points' dtype, the (k, na, nb) sigmoids
+    of the score differences in ``pair_dtype``. Written out rather than by autograd: the
+    differences are made once and reduced twice, with no graph to record, and every product has
+    the small matrix on the left (twice as fast as the other way round at r = d = 512; tested
+    against autograd)."""
+    norm = W.norm(dim=1, keepdim=True)
+    Wn = W / norm
+    M = Wn @ coords.from_span                                 # (k, d) input directions
+    sa, sb = a @ M.T, b @ M.T                                 # (na, k), (nb, k)
+    spread = torch.cat([sa, sb]).std(0).clamp_min(1e-12)
+    scale = 1.0 / (tau * spread)                              # (k,)
+    pa, pb = (sa * scale).T.to(pair_dtype), (sb * scale).T.to(pair_dtype)
+    s = torch.sigmoid(pa[:, :, None] - pb[:, None, :])        # (k, na, nb)
+    g = s - s * s                                             # sigmoid'
+    coef = (scale / (a.shape[0] * b.shape[0]))[:, None]
+    ga, gb = g.sum(2).to(a.dtype) * coef, g.sum(1).to(a.dtype) * coef     # (k, na), (k, nb)
+    g_wn = (gb @ b - ga @ a) @ coords.to_span                 # (k, r)
+    return (g_wn - Wn * (Wn * g_wn).sum(1, keepdim=True)) / norm          # through the normalisation
+
+
+def _surrogate_climb(A: torch.Tensor, B: torch.Tensor, coords: SpanCoordinates, W0: torch.Tensor, *, steps: int,
+                     max_pairs: int, gen: torch.Generator):
+    """Adam on the mean pairwise sigmoid of every column of ``W0`` (r x k, span coordinates of
+    ``coords``) for the input points ``A``, ``B``; yields the iterates (r x k) now and then.
+
+    The pairwise sigmoids run in float32 (the climb only proposes directions: the caller counts
+    each exactly, in float64); the scores and the directions stay in ``A``'s dtype."""
+    n, m = A.shape[0], B.shape[0]
     k = W0.shape[1]
     per = max(1, max_pairs // k)
     sub = n * m > per
     size_a = min(n, max(1, int(math.sqrt(per * n / m)))) if sub else n
     size_b = min(m, max(1, per // size_a)) if sub else m
-    W = (W0 / W0.norm(dim=0)).clone().requires_grad_(True)
+    W = (W0 / W0.norm(dim=0)).T.contiguous()
     opt = torch.optim.Adam([W], lr=0.05)
     taus = torch.logspace(math.log10(0.3), math.log10(0.005), max(steps, 1)).tolist()
-    with torch.enable_grad():
-        for step in range(steps):
-            if sub:
-                ia = torch.randint(0, n, (size_a,), generator=gen).to(Ar.device)
-                ib = torch.randint(0, m, (size_b,), generator=gen).to(Ar.device)
-                a, b = Ar[ia], Br[ib]
-            else:
-                a, b = Ar, Br
-            Wn = W / W.norm(dim=0)
-            sa, sb = a @ Wn, b @ Wn                           # (na, k), (nb, k)
-            spread = torch.cat([sa, sb]).std(0).detach().clamp_min(1e-12)
-            diff = (sa.T[:, :, None] - sb.T[:, None, :]) / (taus[step] * spread)[:, None, None]
-            loss = -torch.sigmoid(diff).mean(dim=(1, 2)).sum()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if (step + 1) % 25 == 0 or step == steps - 1:
-                yield (W / W.norm(dim=0)).detach()
+    for step in range(steps):
+        if sub:
+            ia = torch.randint(0, n, (size_a,), generator=gen).to(A.device)
+            ib = torch.randint(0, m, (size_b,), generator=gen).to(A.device)
+            a, b = A[ia], B[ib]
+        else:
+            a, b = A, B
+        W.grad = surrogate_gradient(a, b, coords, W, taus[step])
+        opt.step()
+        if (step + 1) % 25 == 0 or step == steps - 1:
+            yield (W / W.norm(dim=1, keepdim=True)).T
 
 
 # ----------------------------------------------------------------------------

@@ -59,12 +59,13 @@ def standardise(A: torch.Tensor, B: torch.Tensor) -> Standardised:
     is the threshold ``scale * (c' + centre @ w)`` on ``x @ w``. All-zero sets are returned as
     they are (scale 1, centre 0).
     """
-    scale = torch.maximum(A.abs().max(), B.abs().max())
+    (low_a, high_a), (low_b, high_b) = torch.aminmax(A), torch.aminmax(B)   # no |x| temporaries
+    scale = torch.stack([-low_a, high_a, -low_b, high_b]).max()
     if not bool(scale > 0):
         return Standardised(A, B, 1.0, torch.zeros(A.shape[1], dtype=A.dtype, device=A.device))
     A, B = A / scale, B / scale
-    centre = torch.cat([A, B]).mean(dim=0)
-    return Standardised(A - centre, B - centre, float(scale), centre)
+    centre = (A.sum(0) + B.sum(0)) / (A.shape[0] + B.shape[0])
+    return Standardised(A.sub_(centre), B.sub_(centre), float(scale), centre)
 
 
 def standardised(A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,15 +111,47 @@ def check_direction(w: Any, d: int, device: torch.device, name: str = "w") -> to
     return v.to(torch.float64)
 
 
-class SpanCoordinates(NamedTuple):
-    """Both sets in coordinates of their affine span (see :func:`span_coordinates`)."""
+class SpanCoordinates:
+    """Both sets in coordinates of their affine span (see :func:`span_coordinates`).
 
-    a: torch.Tensor          # (n, r)
-    b: torch.Tensor          # (m, r)
-    to_span: torch.Tensor    # (d, r): coordinates = (x - center) @ to_span
-    from_span: torch.Tensor  # (r, d): a direction v in span coordinates is v @ from_span in the input
-    center: torch.Tensor     # (d,)
-    from_input: torch.Tensor  # (r, d): pinv(to_span); an input direction w scores like from_input @ w
+    ``points`` are the sets ``(A, B)`` as given; ``a`` (n, r) and ``b`` (m, r) their
+    coordinates, computed on first use (one
+    (n + m) x d x r product, which a caller that only needs the basis does not pay);
+    ``to_span`` (d, r) maps centred input points to coordinates, ``from_span`` (r, d) maps a
+    direction ``v`` in span coordinates to ``v @ from_span`` in the input, ``center`` (d,) is
+    the mean of all points and ``from_input`` (r, d) = ``pinv(to_span)``: an input direction
+    ``w`` scores like ``from_input @ w``.
+    """
+
+    __slots__ = ("points", "_a", "_b", "to_span", "from_span", "center", "from_input")
+
+    def __init__(self, A: torch.Tensor, B: torch.Tensor, to_span: torch.Tensor, from_span: torch.Tensor,
+                 center: torch.Tensor, from_input: torch.Tensor) -> None:
+        self.points = (A, B)
+        self._a = self._b = None
+        self.to_span, self.from_span, self.center, self.from_input = to_span, from_span, center, from_input
+
+    def _coordinates(self) -> None:
+        A, B = self.points
+        Z = (torch.cat([A, B]).to(torch.float64) - self.center) @ self.to_span
+        self._a, self._b = Z[: A.shape[0]], Z[A.shape[0]:]
+
+    @property
+    def a(self) -> torch.Tensor:
+        if self._a is None:
+            self._coordinates()
+        return self._a
+
+    @property
+    def b(self) -> torch.Tensor:
+        if self._b is None:
+            self._coordinates()
+        return self._b
+
+    @property
+    def rank(self) -> int:
+        """``r``, the dimension of the span (0 when all points coincide)."""
+        return self.to_span.shape[1]
 
 
 def span_coordinates(A: torch.Tensor, B: torch.Tensor, *, whiten: bool = True,
@@ -133,14 +166,15 @@ def span_coordinates(A: torch.Tensor, B: torch.Tensor, *, whiten: bool = True,
     ``v @ from_span`` is the same direction in the input coordinates. ``r`` is 0 when all points
     coincide.
     """
-    X = torch.cat([A, B]).to(torch.float64)
+    X = torch.cat([A, B]).to(torch.float64)   # a new tensor: centred in place
     center = X.mean(0)
-    Xc = X - center
+    Xc = X.sub_(center)
     n, d = X.shape
-    if not bool(Xc.abs().max() > 0):
+    low, high = torch.aminmax(Xc)
+    size = max(-float(low), float(high))
+    if not size > 0:
         T = torch.zeros(d, 0, dtype=torch.float64, device=X.device)
-        Z = Xc @ T
-        return SpanCoordinates(Z[: A.shape[0]], Z[A.shape[0]:], T, T.T.clone(), center, T.T.clone())
+        return SpanCoordinates(A, B, T, T.T.clone(), center, T.T.clone())
     V = S = None
     if n >= 4 * d and n * d >= 2**20:
         # many more points than dimensions: the eigenvectors of the d x d Gram matrix are the right
@@ -149,9 +183,10 @@ def span_coordinates(A: torch.Tensor, B: torch.Tensor, *, whiten: bool = True,
         # every direction is kept and the eigenvectors are accurate), otherwise the SVD decides the
         # rank. The basis (and so the random starts drawn in it) may differ from the SVD's by signs
         # and rotations within equal singular values; every invariant quantity is unchanged
-        Y = Xc / float(Xc.abs().max())
+        # (at unit scale only where the squares could leave the float64 range)
+        scale = 1.0 if 1e-100 <= size <= 1e100 else size
+        Y = Xc if scale == 1.0 else Xc / scale
         evals, evecs = torch.linalg.eigh(Y.T @ Y)
-        scale = float(Xc.abs().max())
         if bool(evals[0] > max(1e-8, rcond ** 2) * evals[-1]):   # also every S > rcond * S[0]
             S = evals.flip(0).clamp_min(0).sqrt() * scale
             V = evecs.flip(1)
@@ -163,9 +198,8 @@ def span_coordinates(A: torch.Tensor, B: torch.Tensor, *, whiten: bool = True,
     T = V / spread if whiten else V
     # pinv(T): V has orthonormal columns, so pinv(V diag(1/s)) = diag(s) V^T
     from_input = (V * spread).T.contiguous() if whiten else V.T.contiguous()
-    Z = Xc @ T
     # a direction v in span coordinates scores x as (x - c) @ T @ v, i.e. x @ (T @ v) up to a constant
-    return SpanCoordinates(Z[: A.shape[0]], Z[A.shape[0]:], T, T.T.contiguous(), center, from_input)
+    return SpanCoordinates(A, B, T, T.T.contiguous(), center, from_input)
 
 
 def to_span_direction(w: torch.Tensor, coords: SpanCoordinates) -> torch.Tensor:
