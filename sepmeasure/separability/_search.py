@@ -179,11 +179,12 @@ def start_directions(coords: SpanCoordinates, hull: HullDistance, n_starts: int,
     r = coords.rank
     dev = coords.to_span.device
     cols = [lda_direction(coords)]
-    Ar, Br = coords.a, coords.b
-    X = torch.cat([Ar, Br])
-    y = torch.cat([torch.ones(Ar.shape[0], device=dev), torch.zeros(Br.shape[0], device=dev)])
-    w_probe, _ = logistic_core(X, y, l2=1e-4, max_iter=50)
-    cols.append(w_probe)
+    # the probe in float32: whitened coordinates are well conditioned, and the normal is only a start
+    n_a = coords.points[0].shape[0]
+    X = coords.coordinates_in(torch.float32)
+    y = torch.cat([torch.ones(n_a, device=dev), torch.zeros(X.shape[0] - n_a, device=dev)])
+    w_probe, _ = logistic_core(X, y, l2=1e-4, max_iter=50, dtype=torch.float32)
+    cols.append(w_probe.to(torch.float64))
     if hull.normal is not None:
         cols.append(to_span_direction(hull.normal.to(dev), coords))
     if extra is not None:

@@ -148,6 +148,11 @@ class SpanCoordinates:
             self._coordinates()
         return self._b
 
+    def coordinates_in(self, dtype: torch.dtype) -> torch.Tensor:
+        """The coordinates of all points (``a`` then ``b``), computed in ``dtype`` (not cached)."""
+        A, B = self.points
+        return (torch.cat([A, B]).to(dtype) - self.center.to(dtype)) @ self.to_span.to(dtype)
+
     @property
     def rank(self) -> int:
         """``r``, the dimension of the span (0 when all points coincide)."""

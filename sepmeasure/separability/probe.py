@@ -167,10 +167,12 @@ def fit_logistic(X: torch.Tensor, y: torch.Tensor, *, l2: float = 1e-3, max_iter
 
 
 def logistic_core(X: torch.Tensor, y: torch.Tensor, *, l2: float, max_iter: int,
-                  weights: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
-    """:func:`fit_logistic` of checked inputs (``X`` float64, ``y`` 0/1 on ``X``'s device; no checks here)."""
-    X = X.to(torch.float64)
-    yf = y.to(torch.float64)
+                  weights: torch.Tensor | None = None, dtype: torch.dtype = torch.float64
+                  ) -> tuple[torch.Tensor, float]:
+    """:func:`fit_logistic` of checked inputs (``X`` float64, ``y`` 0/1 on ``X``'s device; no checks here),
+    computed in ``dtype``."""
+    X = X.to(dtype)
+    yf = y.to(dtype)
     mean = X.mean(0)
     std = X.std(0, unbiased=False)
     std = torch.where(std > 0, std, torch.ones_like(std))
