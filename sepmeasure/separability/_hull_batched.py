@@ -65,7 +65,8 @@ def _inner_solve(H: torch.Tensor, x: torch.Tensor, valid: torch.Tensor, in_b: to
     negative is fixed at zero and every fixed entry whose multiplier is negative is freed, all at
     once; a pair whose count of infeasible entries has not dropped for three steps exchanges only
     its last infeasible entry (the backup rule that makes the method finite). ``eps`` is a ridge
-    of ``1e-10`` of the mean diagonal, which makes the problem strictly convex.
+    of ``1e-10`` of the mean diagonal, which makes the problem strictly convex. The pairs still
+    pivoting are gathered into smaller tensors only when some of them settle.
 
     Returns ``(x, active, ok)``: the weights (0 where fixed), the free entries and, per pair,
     whether it settled (``False``: a factorisation failed or ``max_steps`` ran out; ``x`` is then
@@ -79,51 +80,55 @@ def _inner_solve(H: torch.Tensor, x: torch.Tensor, valid: torch.Tensor, in_b: to
     x = x.clone()
     active = valid.clone()
     ok = torch.zeros(p, dtype=torch.bool, device=dev)
+    cols = torch.arange(K, device=dev)
+    # the state of the pairs still pivoting (rows of todo)
+    todo = torch.arange(p, device=dev)
+    Ht, es, vt, act_t = H, eps[:, None], valid, valid.clone()
+    sides = torch.stack([~in_b, in_b], 2).to(dt)                              # (p, K, 2)
+    ib_t = in_b
     best = torch.full((p,), K + 1, dtype=torch.long, device=dev)
     budget = torch.full((p,), 3, dtype=torch.long, device=dev)
-    cols = torch.arange(K, device=dev)
-    todo = torch.arange(p, device=dev)
     for _ in range(max_steps):
-        if todo.numel() == 0:
-            break
-        act = active[todo].to(dt)
-        Ht, es = H[todo], eps[todo]
-        M = Ht * act[:, :, None] * act[:, None, :]
-        M.diagonal(dim1=1, dim2=2).add_(es[:, None] * act + (1 - act))
+        act = act_t.to(dt)
+        M = Ht * (act[:, :, None] * act[:, None, :])
+        M.diagonal(dim1=1, dim2=2).add_(es * act + (1 - act))
         L, info = torch.linalg.cholesky_ex(M)
-        bad = info != 0
-        ib = in_b[todo].to(dt)
-        E = torch.stack([act * (1 - ib), act * ib], 1)                      # (q, 2, K)
-        Zc = torch.cholesky_solve(E.mT.contiguous(), L)                     # (q, K, 2)
-        S = E @ Zc                                                          # (q, 2, 2)
-        det = S[:, 0, 0] * S[:, 1, 1] - S[:, 0, 1] * S[:, 1, 0]
-        kappa = torch.stack([S[:, 1, 1] - S[:, 0, 1], S[:, 0, 0] - S[:, 1, 0]], 1) / det[:, None]
-        y = (Zc @ kappa[:, :, None])[:, :, 0] * act                         # minimiser on the free entries
-        bad = bad | ~torch.isfinite(y).all(1) | ~(det > 0)
-        g = (Ht @ y[:, :, None])[:, :, 0] + es[:, None] * y                 # gradient; = kappa on the free ones
-        mu = g - torch.where(ib > 0, kappa[:, 1:2], kappa[:, 0:1])
+        E = sides * act[:, :, None]                                          # (q, K, 2)
+        Zc = torch.cholesky_solve(E, L)                                      # (q, K, 2)
+        S = (E[:, :, :, None] * Zc[:, :, None, :]).sum(1)                    # (q, 2, 2)
+        s00, s01, s10, s11 = S[:, 0, 0], S[:, 0, 1], S[:, 1, 0], S[:, 1, 1]
+        det = s00 * s11 - s01 * s10
+        k_a, k_b = ((s11 - s01) / det)[:, None], ((s00 - s10) / det)[:, None]
+        y = Zc[:, :, 0] * k_a + Zc[:, :, 1] * k_b                             # minimiser on the free entries
+        g = (Ht * y[:, None, :]).sum(2) + es * y                             # gradient; = kappa on the free ones
+        mu = g - torch.where(ib_t, k_b, k_a)
         thr = 1e-11 * (g.abs() * act).amax(1, keepdim=True)
-        vt = valid[todo]
-        drop = (act > 0) & (y < 0)
-        free = vt & (act == 0) & (mu < -thr)
-        infeasible = drop | free
+        drop = act_t & (y < 0)
+        infeasible = drop | (vt & ~act_t & (mu < -thr))
         n_inf = infeasible.sum(1)
+        bad = (info != 0) | ~torch.isfinite(y).all(1) | ~(det > 0)
         settled = (n_inf == 0) & ~bad
-        x[todo[settled]] = y[settled]
-        ok[todo[settled]] = True
         # exchange: all infeasible entries while their count drops (or within three tries), else the last one
-        bt, bud = best[todo], budget[todo]
-        improved = n_inf < bt
-        bt = torch.where(improved, n_inf, bt)
-        bud = torch.where(improved, torch.full_like(bud, 3), bud - 1)
-        single = ~improved & (bud < 0)
-        last = torch.where(infeasible, cols, -1).amax(1)
-        one = torch.nn.functional.one_hot(last.clamp_min(0), K).bool() & infeasible
-        swap = torch.where(single[:, None], one, infeasible)
-        best[todo], budget[todo] = bt, torch.where(single, torch.zeros_like(bud), bud)
-        active[todo] = active[todo] ^ swap
-        keep = ~settled & ~bad
-        todo = todo[keep]
+        improved = n_inf < best
+        best = torch.where(improved, n_inf, best)
+        budget = torch.where(improved, torch.full_like(budget, 3), budget - 1)
+        single = ~improved & (budget < 0)
+        budget = torch.where(single, torch.zeros_like(budget), budget)
+        last = torch.where(infeasible, cols, -1).amax(1, keepdim=True)
+        swap = torch.where(single[:, None], infeasible & (cols == last), infeasible)
+        act_t = act_t ^ swap
+        leave = settled | bad
+        if bool(leave.any()):
+            s_idx = todo[settled]
+            x[s_idx] = y[settled]
+            ok[s_idx] = True
+            active[s_idx] = act_t[settled] ^ swap[settled]     # settled: swap is empty
+            keep = ~leave
+            todo = todo[keep]
+            if todo.numel() == 0:
+                break
+            Ht, es, vt, act_t, sides, ib_t = Ht[keep], es[keep], vt[keep], act_t[keep], sides[keep], ib_t[keep]
+            best, budget = best[keep], budget[keep]
     # pairs that did not settle keep their feasible start, all of its entries free
     lost = ~ok
     active[lost] = valid[lost]
@@ -192,9 +197,15 @@ def batched_rounds(pairs: list[tuple[torch.Tensor, torch.Tensor]], Xw: torch.Ten
     status = [""] * P
     handed: dict[int, tuple[torch.Tensor, torch.Tensor, bool]] = {}
 
-    al = torch.arange(P, device=dev)      # pairs still in the batch; q, wv, x, ws_b are theirs
+    # the pairs still in the batch (al) and their state, gathered again only when some of them leave;
+    # q, wv, x, ws_b are their working sets (positions in the pair, in use, weights, in B)
+    al = torch.arange(P, device=dev)
+    sg, rw, isb, isa_v, isb_v, lval = sign, rows, is_b, is_a_valid, is_b_valid, loc_valid
+    Cl, sc = C, scale
+    lw, up, pu, bw, bz, blz, hlz, rd = lower, upper, prev_upper, best_w, best_z, best_lz, has_lz, rounds
+    kadd = min(add, L)
     while al.numel():
-        Y = sign[al].gather(1, q)[:, :, None] * (Xw[rows[al].gather(1, q)] - C[al][:, None, :]) * wv[:, :, None]
+        Y = sg.gather(1, q)[:, :, None] * (Xw[rw.gather(1, q)] - Cl[:, None, :]) * wv[:, :, None]
         H = Y @ Y.mT
         x, active, ok = _inner_solve(H, x, wv, ws_b, max_steps=PIVOT_STEPS)
         xa = x * active
@@ -202,60 +213,61 @@ def batched_rounds(pairs: list[tuple[torch.Tensor, torch.Tensor]], Xw: torch.Ten
         sb_ = (xa * ws_b).sum(1, keepdim=True)
         xa = torch.where(ws_b, xa / sb_, xa / sa_)
         z = torch.einsum("pk,pkd->pd", xa, Y)
-        T = (z @ Xw.T).gather(1, rows[al])                                  # scores of every point of each pair
+        T = (z @ Xw.T).gather(1, rw)                                        # scores of every point of each pair
         nz = z.norm(dim=1)
-        better = nz < upper[al]
-        upper[al] = torch.where(better, nz, upper[al])
-        dense = torch.zeros(al.numel(), L, dtype=dt, device=dev).scatter_add_(1, q, xa)
-        best_w[al] = torch.where(better[:, None], dense, best_w[al])
-        best_z[al] = torch.where(better[:, None], z, best_z[al])
-        lo = (torch.where(is_a_valid[al], T, math.inf).amin(1) - torch.where(is_b_valid[al], T, -math.inf).amax(1))
+        better = nz < up
+        up = torch.where(better, nz, up)
+        dense = torch.zeros_like(bw).scatter_add_(1, q, xa)
+        bw = torch.where(better[:, None], dense, bw)
+        bz = torch.where(better[:, None], z, bz)
+        lo = torch.where(isa_v, T, math.inf).amin(1) - torch.where(isb_v, T, -math.inf).amax(1)
         lo = torch.where(nz > 0, lo / nz.clamp_min(1e-300), torch.zeros_like(lo))
-        lbetter = lo > lower[al]
-        lower[al] = torch.where(lbetter, lo, lower[al])
-        best_lz[al] = torch.where(lbetter[:, None], z, best_lz[al])
-        has_lz[al] = has_lz[al] | lbetter
-        rounds[al] += 1
-        sc, up, lw = scale[al], upper[al], lower[al]
+        lbetter = lo > lw
+        lw = torch.where(lbetter, lo, lw)
+        blz = torch.where(lbetter[:, None], z, blz)
+        hlz = hlz | lbetter
+        rd = rd + 1
         done = (up <= zero_tol * sc) | ((lw > SEPARABLE_FLOOR * sc) & (up - lw <= tol * up))
         # the points that violate the optimality conditions most, per set
-        cz = (C[al] * z).sum(1)
-        u = sign[al] * (T - cz[:, None])
+        cz = (Cl * z).sum(1)
+        u = sg * (T - cz[:, None])
         uF = (Y @ z[:, :, None])[:, :, 0]
         lam_a = torch.where(active & ~ws_b, uF, math.inf).amin(1)
         lam_b = torch.where(active & ws_b, uF, math.inf).amin(1)
-        mu = u - torch.where(is_b[al], lam_b[:, None], lam_a[:, None])
-        member = torch.zeros(al.numel(), L, dtype=dt, device=dev).scatter_add_(1, q, active.to(dt)) > 0
-        mu = mu.masked_fill(member | ~loc_valid[al], math.inf)
+        mu = u - torch.where(isb, lam_b[:, None], lam_a[:, None])
+        member = torch.zeros_like(lval).scatter_(1, q, active)
+        mu = mu.masked_fill(member | ~lval, math.inf)
         tolv = (1e-13 * sc * nz.clamp_min(1e-300))[:, None]
-        kadd = min(add, L)
-        va, na_ = torch.where(is_b[al], math.inf, mu).topk(kadd, dim=1, largest=False)
-        vb, nb_ = torch.where(is_b[al], mu, math.inf).topk(kadd, dim=1, largest=False)
+        va, na_ = mu.masked_fill(isb, math.inf).topk(kadd, dim=1, largest=False)
+        vb, nb_ = mu.masked_fill(~isb, math.inf).topk(kadd, dim=1, largest=False)
         new_q = torch.cat([na_, nb_], 1)
         new_v = torch.cat([va < -tolv, vb < -tolv], 1)
-        stagnant = (prev_upper[al] - nz) <= 1e-3 * tol * nz
-        prev_upper[al] = nz
+        stagnant = (pu - nz) <= 1e-3 * tol * nz
+        pu = nz
         n_new = new_v.sum(1)
-        maxed = rounds[al] >= max_iter
-        leave_done = done | (maxed & ok)
-        hand = ~leave_done & (~ok | stagnant | (n_new == 0))
-        keep_ws = active
-        q2, x2, v2 = torch.cat([q, new_q], 1), torch.cat([xa, torch.zeros_like(new_q, dtype=dt)], 1), \
-            torch.cat([keep_ws, new_v], 1)
-        v2, q2, x2 = _compact(v2, q2, x2)
-        hand = hand | (~leave_done & (v2.sum(1) > BATCH_MAX_WORKING_SET))
-        cont = ~leave_done & ~hand
-        al_list = al.tolist()
-        for i in torch.nonzero(leave_done).flatten().tolist():
-            status[al_list[i]] = "converged" if bool(done[i]) else "max_iter"
-        for i in torch.nonzero(hand).flatten().tolist():
-            handed[al_list[i]] = (q[i][keep_ws[i]], xa[i][keep_ws[i]], bool(stagnant[i]) or int(n_new[i]) == 0)
-        al = al[cont]
-        q, x, wv = q2[cont], x2[cont], v2[cont]
-        if al.numel():
-            v2c, q, x = _compact(wv, q, x)
-            wv = v2c
-        ws_b = is_b[al].gather(1, q)
+        leave_done = done | ((rd >= max_iter) & ok)
+        hand = ~leave_done & (~ok | stagnant | (n_new == 0) | (active.sum(1) + n_new > BATCH_MAX_WORKING_SET))
+        leave = leave_done | hand
+        if bool(leave.any()):
+            al_list = al.tolist()
+            for i in torch.nonzero(leave_done).flatten().tolist():
+                status[al_list[i]] = "converged" if bool(done[i]) else "max_iter"
+            for i in torch.nonzero(hand).flatten().tolist():
+                handed[al_list[i]] = (q[i][active[i]], xa[i][active[i]], bool(stagnant[i]) or int(n_new[i]) == 0)
+            lower[al], upper[al], prev_upper[al], rounds[al] = lw, up, pu, rd
+            best_w[al], best_z[al], best_lz[al], has_lz[al] = bw, bz, blz, hlz
+            cont = ~leave
+            al = al[cont]
+            if not al.numel():
+                break
+            sg, rw, isb, isa_v, isb_v, lval = sg[cont], rw[cont], isb[cont], isa_v[cont], isb_v[cont], lval[cont]
+            Cl, sc = Cl[cont], sc[cont]
+            lw, up, pu, bw, bz, blz, hlz, rd = lw[cont], up[cont], pu[cont], bw[cont], bz[cont], blz[cont], \
+                hlz[cont], rd[cont]
+            q, xa, active, new_q, new_v = q[cont], xa[cont], active[cont], new_q[cont], new_v[cont]
+        wv, q, x = _compact(torch.cat([active, new_v], 1), torch.cat([q, new_q], 1),
+                            torch.cat([xa, torch.zeros_like(new_q, dtype=dt)], 1))
+        ws_b = isb.gather(1, q)
 
     return BatchOutcome(pairs=pairs, rows=rows, n_a=n_a, n_b=n_b, is_b=is_b, C=C, scale=scale, lower=lower,
                         upper=upper, prev_upper=prev_upper, best_w=best_w, best_z=best_z, best_lz=best_lz,

@@ -18,6 +18,7 @@ __all__ = ["NumericalFailure", "WorkingSet", "PairState", "initial_working_set",
            "one_round", "one_pair_rounds", "finish_pair", "RIDGE"]
 
 RIDGE = 1e-10          # relative ridge of the working-set Gram matrix (float64)
+Z_STEP = 1e-14         # proximal steps stop once the point moves less than this times the rms norm of the points
 
 
 class NumericalFailure(Exception):
@@ -108,10 +109,12 @@ class WorkingSet:
                     neg = active & (y <= 0)
                     if bool(neg.any()):
                         break
-                    change = float((y - x).abs().max())
+                    step = y - x
+                    change = float(step.abs().max())
+                    moved = float(step @ (self.H @ step))      # |change of z|^2
                     x = y
                     neg = None
-                    if change <= 1e-15 * float(x.max()):
+                    if change <= 1e-15 * float(x.max()) or moved <= Z_STEP ** 2 * scale:
                         break
                 if neg is None:
                     break
