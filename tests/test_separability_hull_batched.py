@@ -163,3 +163,54 @@ def test_single_pairs_and_warm_starts_run_the_one_pair_rounds(batch_calls):
     assert again.distance == pytest.approx(first.distance, rel=2e-6)
     batched = pairwise_hull_distances(X, y, progress=False)      # one pair of classes: one pair
     assert batch_calls == [] and batched[(0, 1)].distance == pytest.approx(first.distance, rel=2e-6)
+
+
+@pytest.mark.parametrize("K,d,seed", [(10, 6, 10), (24, 40, 11), (40, 8, 12)])
+def test_batched_pivoting_solves_the_working_set_problems(K, d, seed):
+    # the pivoting on its own against a KKT check and cvxpy + Clarabel on the same ridge QPs,
+    # for padded working sets with more points than dimensions (singular Gram matrices) and fewer
+    cp = pytest.importorskip("cvxpy")
+    import numpy as np
+
+    g = torch.Generator().manual_seed(seed)
+    P = 7
+    Y = torch.randn(P, K, d, generator=g, dtype=torch.float64) + torch.randn(P, 1, d, generator=g, dtype=torch.float64)
+    sizes = torch.randint(4, K + 1, (P,), generator=g)
+    valid = torch.arange(K)[None, :] < sizes[:, None]
+    in_b = torch.rand(P, K, generator=g) < 0.5
+    in_b[:, 0], in_b[:, 1] = False, True                                  # both sets in every working set
+    Y = Y * valid[:, :, None]
+    H = Y @ Y.mT
+    cnt_a = (valid & ~in_b).sum(1, keepdim=True)
+    cnt_b = (valid & in_b).sum(1, keepdim=True)
+    x0 = (torch.where(in_b, 1.0 / cnt_b, 1.0 / cnt_a) * valid).to(torch.float64)
+    x, active, ok = batched_module._inner_solve(H, x0, valid, in_b, max_steps=batched_module.PIVOT_STEPS)
+    assert bool(ok.all())
+    for p in range(P):
+        v = valid[p]
+        Hp, xp, bp = H[p][v][:, v], x[p][v], in_b[p][v]
+        eps = batched_module.RIDGE * float(Hp.diagonal().mean())
+        Q = Hp + eps * torch.eye(int(v.sum()), dtype=torch.float64)
+        assert bool((xp >= 0).all()) and bool((x[p][~v] == 0).all())
+        # the sums hold to the conditioning of the ridge system (the rounds renormalise the weights)
+        assert float(xp[~bp].sum()) == pytest.approx(1.0, abs=1e-6)
+        assert float(xp[bp].sum()) == pytest.approx(1.0, abs=1e-6)
+        xp = torch.where(bp, xp / xp[bp].sum(), xp / xp[~bp].sum())
+        # KKT: on each set, every entry's gradient is at least the level of the free entries (to 1e-6
+        # of the mean diagonal: a ridge of 1e-10 leaves systems conditioned up to 1e10 when K > d)
+        grad = Q @ xp
+        free = xp > 0
+        slack = 1e-6 * float(Q.diagonal().mean())
+        for side in (~bp, bp):
+            level = float(grad[side & free].min())
+            assert float(grad[side & free].max()) - level <= slack
+            assert float(grad[side].min()) >= level - slack
+        # the same QP through cvxpy + Clarabel (no better objective)
+        w = cp.Variable(int(v.sum()), nonneg=True)
+        Qn = Q.numpy()
+        Qn = (Qn + Qn.T) / 2
+        prob = cp.Problem(cp.Minimize(cp.quad_form(w, cp.psd_wrap(Qn))),
+                          [cp.sum(w[np.nonzero(~bp.numpy())[0]]) == 1, cp.sum(w[np.nonzero(bp.numpy())[0]]) == 1])
+        prob.solve(solver="CLARABEL")
+        ours = float(xp @ Q @ xp)
+        assert ours <= prob.value * (1 + 1e-7) + 1e-12 * float(Q.diagonal().mean())
