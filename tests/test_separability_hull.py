@@ -287,3 +287,17 @@ def test_numpy_input():
     assert float((An @ normal).min() - (Bn @ normal).max()) >= r.lower * (1 - 1e-9) > 0
     u, v = An.T @ np.asarray(r.weights_a), Bn.T @ np.asarray(r.weights_b)
     assert float(np.linalg.norm(u - v)) == pytest.approx(r.distance, rel=1e-9)
+
+
+def test_take_rows_is_a_view_exactly_when_rows_are_consecutive():
+    from sepmeasure.separability._hull_native import take_rows
+
+    X = torch.randn(12, 3, dtype=torch.float64)
+    cases = {"consecutive": torch.arange(4, 9), "one": torch.tensor([7]), "gap": torch.tensor([1, 2, 4]),
+             "unsorted": torch.tensor([3, 2, 4]), "same span, repeated": torch.tensor([2, 2, 4]),
+             "empty": torch.zeros(0, dtype=torch.long)}
+    for name, rows in cases.items():
+        got = take_rows(X, rows)
+        assert torch.equal(got, X[rows]), name
+        shares = got.numel() > 0 and got.data_ptr() == X[int(rows[0]):].data_ptr()
+        assert shares == (name in ("consecutive", "one")), name

@@ -21,6 +21,18 @@ RIDGE = 1e-10          # relative ridge of the working-set Gram matrix (float64)
 Z_STEP = 1e-14         # proximal steps stop once the point moves less than this times the rms norm of the points
 
 
+def take_rows(X: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``X[rows]``, as a view (no copy) when ``rows`` are consecutive ascending indices.
+
+    A single pair of :func:`~sepmeasure.separability.hull.hull_distance` indexes the two halves
+    of its pool, so every gather of a set's points would otherwise copy it (measured: 22 ms for
+    10 000 x 512 float64 points, four gathers per solve)."""
+    k = rows.numel()
+    if k and int(rows[-1]) - int(rows[0]) == k - 1 and (k < 2 or bool((rows[1:] - rows[:-1] == 1).all())):
+        return X[int(rows[0]): int(rows[0]) + k]
+    return X[rows]
+
+
 class NumericalFailure(Exception):
     pass
 
@@ -200,7 +212,7 @@ class PairState:
     def __init__(self, rows_a: torch.Tensor, rows_b: torch.Tensor, X: torch.Tensor) -> None:
         self.rows_a, self.rows_b = rows_a, rows_b
         self.n, self.m = rows_a.numel(), rows_b.numel()
-        pts = X[torch.cat([rows_a, rows_b])]
+        pts = take_rows(X, torch.cat([rows_a, rows_b]))
         self.center = pts.mean(0)
         self.scale = float((pts - self.center).norm(dim=1).max())
         self.lower, self.upper = 0.0, math.inf
@@ -215,7 +227,7 @@ class PairState:
 
 def initial_working_set(st: PairState, X: torch.Tensor, k0: int, warm: HullDistance | None) -> WorkingSet:
     dev = X.device
-    Xa, Xb = X[st.rows_a], X[st.rows_b]
+    Xa, Xb = take_rows(X, st.rows_a), take_rows(X, st.rows_b)
     w = Xa.mean(0) - Xb.mean(0)
     if warm is not None and warm.normal is not None and warm.normal.shape[0] == X.shape[1]:
         w = warm.normal.to(X)
@@ -254,7 +266,7 @@ def one_pair_rounds(states: dict[int, PairState], Xw: torch.Tensor, *, tol: floa
                     st.status = "numerical_error"
                     st.ws.normalise()
                     z = st.ws.z()
-                    certify(st, z, Xw[st.rows_a] @ z, Xw[st.rows_b] @ z)
+                    certify(st, z, take_rows(Xw, st.rows_a) @ z, take_rows(Xw, st.rows_b) @ z)
             if not alive:
                 break
             S = Xw @ torch.stack(zs, 1)
@@ -311,7 +323,7 @@ def one_round(st: PairState, z: torch.Tensor, scores: torch.Tensor, Xw: torch.Te
         zp = ws.z()
         if float(zp.norm()) <= nz * (1 + 1e-12):
             z = zp
-            sa, sb = Xw[st.rows_a] @ z, Xw[st.rows_b] @ z
+            sa, sb = take_rows(Xw, st.rows_a) @ z, take_rows(Xw, st.rows_b) @ z
             nz = certify(st, z, sa, sb)
             if is_done(st, tol, zero_tol):
                 st.status = "converged"
@@ -370,7 +382,7 @@ def finish_pair(st: PairState, X64: torch.Tensor, mean: torch.Tensor, basis: tor
         if basis is not None:
             normal = basis @ normal
             normal = normal / normal.norm()
-        Xa, Xb = X64[st.rows_a], X64[st.rows_b]
+        Xa, Xb = take_rows(X64, st.rows_a), take_rows(X64, st.rows_b)
         offset = float((Xa @ normal).min() + (Xb @ normal).max()) / 2
     status = st.status or "max_iter"
     if status == "converged" and not is_done(st, tol, zero_tol):

@@ -57,7 +57,7 @@ import torch
 from .._progress import progress_bar, wanted
 from ..validation import check_choice, check_features, check_int, check_labels, check_positive, describe
 from ._hull_batched import batched_rounds, finish_batch, states_left
-from ._hull_native import PairState, finish_pair, initial_working_set, one_pair_rounds
+from ._hull_native import PairState, finish_pair, initial_working_set, one_pair_rounds, take_rows
 from ._hull_reference import check_solver, solve_reference
 from ._hull_result import HullDistance, HullSolverError
 from .options import check_option_names, options_from_signature
@@ -218,11 +218,13 @@ def solve_pairs(X: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]],
     else:
         results = solve_native(Xs, pairs, tol=options.tol, zero_tol=options.zero_tol, max_iter=options.max_iter,
                                add=options.working_set, warm=warm, progress=progress)
-    return [_rescaled(r, s, X64[ra], X64[rb]) for r, (ra, rb) in zip(results, pairs)]
+    return [_rescaled(r, s, X64, ra, rb) for r, (ra, rb) in zip(results, pairs)]
 
 
-def _rescaled(r: HullDistance, s: float, A64: torch.Tensor, B64: torch.Tensor) -> HullDistance:
-    """A unit-scale result for the sets ``A64 / s`` and ``B64 / s`` as a result for ``A64`` and ``B64``."""
+def _rescaled(r: HullDistance, s: float, X64: torch.Tensor, rows_a: torch.Tensor, rows_b: torch.Tensor
+              ) -> HullDistance:
+    """A unit-scale result for the sets ``X64[rows_a] / s`` and ``X64[rows_b] / s`` as a result for
+    ``X64[rows_a]`` and ``X64[rows_b]``."""
     values = {name: getattr(r, name) * s for name in ("distance", "lower", "upper", "scale")}
     over = [name for name, v in values.items() if math.isinf(v) and math.isfinite(getattr(r, name))]
     if over:
@@ -231,6 +233,7 @@ def _rescaled(r: HullDistance, s: float, A64: torch.Tensor, B64: torch.Tensor) -
                             f"by a common factor")
     offset = r.offset * s    # exact: the unit-scale scores times a power of two are the scores of the inputs
     if r.normal is not None and math.isinf(offset):
+        A64, B64 = take_rows(X64, rows_a.to(X64.device)), take_rows(X64, rows_b.to(X64.device))
         offset = float((A64 @ r.normal).min() / 2 + (B64 @ r.normal).max() / 2)
     return dataclasses.replace(r, offset=offset, **values)
 
