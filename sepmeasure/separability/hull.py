@@ -210,7 +210,7 @@ def solve_pairs(X: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]],
     """
     X64 = X.to(torch.float64)
     s = power_of_two_scale(X64)
-    Xs = X64 / s
+    Xs = X64 / s if s != 1.0 else X64   # already at unit scale (e.g. md_lsm's standardised sets): no copy
     if options.method == "reference":
         results = [solve_reference(Xs[ra], Xs[rb], tol=options.tol, zero_tol=options.zero_tol, solver=options.solver,
                               solver_options=options.solver_options)

@@ -94,7 +94,8 @@ def power_of_two_scale(*tensors: torch.Tensor) -> float:
     >>> power_of_two_scale(torch.tensor([3.0, -5.0])), power_of_two_scale(torch.zeros(2))
     (4.0, 1.0)
     """
-    m = max((float(t.abs().max()) for t in tensors if t.numel()), default=0.0)
+    m = max((max(-float(lo), float(hi)) for lo, hi in (torch.aminmax(t) for t in tensors if t.numel())),
+            default=0.0)   # aminmax: no |x| temporary
     if not m > 0:
         return 1.0
     _, e = math.frexp(m)            # m = f * 2**e with 0.5 <= f < 1
