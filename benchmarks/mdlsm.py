@@ -14,7 +14,8 @@ The 2-D part compares ``method="sweep"`` (exact, O(nm log nm)) with a brute-forc
 every critical direction (perpendicular to each a_i - b_j, both signs, and their bisectors) on
 100 x 120 overlapping points.
 
-Run with ``python benchmarks/mdlsm.py`` (``--quick``: the smaller size only) on an idle machine.
+Run with ``python benchmarks/mdlsm.py`` (``--quick``: the smaller size only; ``--repeats``: timed calls of
+each, the best reported, default 3) on an idle machine.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def strict_auc(score_a: np.ndarray, score_b: np.ndarray) -> float:
     return float(np.searchsorted(b_sorted, score_a, side="left").sum()) / (len(score_a) * len(score_b))
 
 
-def high_dimensional(n: int, d: int, s: float = 0.5) -> None:
+def high_dimensional(n: int, d: int, s: float = 0.5, repeats: int = 3) -> None:
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
     from sklearn.linear_model import LogisticRegression
     from sklearn.svm import LinearSVC
@@ -57,13 +58,13 @@ def high_dimensional(n: int, d: int, s: float = 0.5) -> None:
     print(f"\n== {n} x {n} points in {d}-D, shift {s}, float64, {torch.get_num_threads()} threads")
     best_auc, lr_time = 0.0, None
     for name, fit in baselines.items():
-        t, model = best_of(fit)
+        t, model = best_of(fit, repeats)
         scores = model.decision_function(X)
         auc = strict_auc(scores[:n], scores[n:])
         best_auc = max(best_auc, auc)
         lr_time = t if name == "LogisticRegression" else lr_time
         print(f"{name:20s} AUC {auc:.5f}  fit {t:7.3f} s")
-    t, r = best_of(lambda: md_lsm(A, B))
+    t, r = best_of(lambda: md_lsm(A, B), repeats)
     print(f"{'md_lsm':20s} value {r.value:.5f} (upper {r.upper:.4f}, {r.method}/{r.status}) {t:7.3f} s")
     print(f"md_lsm - best baseline AUC = {r.value - best_auc:+.5f} (never negative);  "
           f"md_lsm time / LogisticRegression fit = {t / lr_time:.1f}x")
@@ -95,11 +96,15 @@ def two_dimensional() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the smaller size only")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed calls of each fit and of md_lsm; the best is reported (default 3)")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats: expected a positive number of timed calls, got {args.repeats}")
     two_dimensional()
-    high_dimensional(1000, 128)
+    high_dimensional(1000, 128, repeats=args.repeats)
     if not args.quick:
-        high_dimensional(5000, 512)
+        high_dimensional(5000, 512, repeats=args.repeats)
 
 
 if __name__ == "__main__":
