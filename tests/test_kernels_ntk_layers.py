@@ -154,6 +154,45 @@ def test_attention_with_weights_falls_back():
     check(model, (5, 4), torch.float64, structured_all=False)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_every_method_through_fused_attention_kernels(dtype):
+    """In eval mode ``nn.TransformerEncoderLayer`` takes its fused inference path and attention its
+    fused (flash) backend, which have no forward-mode derivative and no batching rule: "ntvp" raised
+    NotImplementedError there, and "jacobian" ran the attention in a loop under vmap with a
+    performance warning. Every method agrees with the float64 kernel of the same model and warns of
+    nothing, and the global fast-path flag is as it was."""
+    import warnings
+
+    model = zoo.vit(image_size=4, patch=2, dim=8, depth=2, heads=2, mlp_dim=12, num_classes=3,
+                    in_channels=2).eval()
+    with torch.no_grad():
+        model.cls_token.normal_()
+    torch.manual_seed(3)
+    x = torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    ref = empirical_ntk(model.double(), x, method="jacobian", progress=False)
+    model.to(dtype)
+    before = torch.backends.mha.get_fastpath_enabled()
+    for method in ("jacobian", "ntvp", "structured", "auto"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            got = empirical_ntk(model, x.to(dtype), method=method, progress=False)
+        slow = [str(w.message) for w in caught if "batching rule" in str(w.message)]
+        assert not slow, (method, slow)
+        assert rel_err(got.double(), ref) <= TOL[dtype], method
+        assert torch.backends.mha.get_fastpath_enabled() == before
+
+
+def test_differentiable_attention_restores_the_flag_after_an_error():
+    from sepmeasure.kernels.ntk_problem import differentiable_attention
+
+    before = torch.backends.mha.get_fastpath_enabled()
+    with pytest.raises(RuntimeError, match="inside"):
+        with differentiable_attention():
+            assert torch.backends.mha.get_fastpath_enabled() is False
+            raise RuntimeError("inside")
+    assert torch.backends.mha.get_fastpath_enabled() == before
+
+
 # ----------------------------------------------------------------------------
 # The fast conv path: channels-last forward, every contraction form, factorisations per block
 # ----------------------------------------------------------------------------
