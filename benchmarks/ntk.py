@@ -56,7 +56,7 @@ from sepmeasure.provenance import library_versions, seed_everything
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import zoo  # noqa: E402
-from _timing import best_of  # noqa: E402
+from _timing import best_of, best_of_interleaved  # noqa: E402
 
 # Rows per block for the two Jacobian-holding methods: large enough that they recompute little,
 # small enough to fit in memory (jacobian: 2 × 128 per-sample Jacobians of the MLP ≈ 5.6 GB).
@@ -233,14 +233,15 @@ def time_ours(model: nn.Module, x: torch.Tensor, output: str, repeats: int) -> d
                           progress=False)
     model.float()
     row: dict = {"ref64": ref64}
-    for method in ("auto", *EXPLICIT_METHODS):
-        try:
-            t, k = best_of(lambda: empirical_ntk(model, x, method=method, output=output, progress=False), repeats,
-                           warmup=True)
-        except Exception as exc:  # noqa: BLE001 - a method that fails on a model is a result, printed
+    # the methods in turn, round by round: all of them see the same state of the machine
+    results = best_of_interleaved({method: (lambda m=method: empirical_ntk(model, x, method=m, output=output,
+                                                                          progress=False))
+                                 for method in ("auto", *EXPLICIT_METHODS)}, repeats)
+    for method, (t, k) in results.items():
+        if isinstance(k, Exception):
             if method in ("auto", "jacobian"):
-                raise
-            row[method], row[f"{method}_error"] = float("nan"), f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+                raise k
+            row[method], row[f"{method}_error"] = float("nan"), f"{type(k).__name__}: {str(k).splitlines()[0]}"
             continue
         row[method] = t
         row[f"{method}_rel_error"] = float((k.double() - ref64).norm() / ref64.norm())
