@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sepmeasure.separability.pointsets import span_coordinates, to_span_direction
+from sepmeasure.separability.pointsets import GRAM_MIN_ELEMENTS, span_coordinates, to_span_direction
 
 
 def _sets(n, d, rank=None, seed=0):
@@ -18,7 +18,8 @@ def _sets(n, d, rank=None, seed=0):
     return A, B
 
 
-@pytest.mark.parametrize("n, d, rank", [(40, 6, None), (30, 9, 4), (2100, 256, None), (2100, 256, 200)])
+@pytest.mark.parametrize("n, d, rank", [(40, 6, None), (30, 9, 4), (700, 64, None), (1100, 64, None),
+                                         (2100, 256, None), (2100, 256, 200)])
 @pytest.mark.parametrize("whiten", [True, False])
 def test_span_coordinates_against_a_direct_computation(n, d, rank, whiten, monkeypatch):
     """Large sets with many more points than dimensions take the Gram-eigenvector path, the others
@@ -30,7 +31,9 @@ def test_span_coordinates_against_a_direct_computation(n, d, rank, whiten, monke
     svd = torch.linalg.svd
     monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: calls.append(1) or svd(*a, **k))
     c = span_coordinates(A, B, whiten=whiten)
-    assert bool(calls) == (n < 1000 or rank is not None)   # the SVD only for small or rank-deficient sets
+    # the SVD only for small sets (or few points per dimension) and rank-deficient ones
+    small = (2 * n + 7) * d < GRAM_MIN_ELEMENTS or 2 * n + 7 < 4 * d
+    assert bool(calls) == (small or rank is not None)
     X = torch.cat([A, B])
     Xc = X - X.mean(0)
     Z = torch.cat([c.a, c.b])
