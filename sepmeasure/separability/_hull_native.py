@@ -214,7 +214,7 @@ class PairState:
         self.n, self.m = rows_a.numel(), rows_b.numel()
         pts = take_rows(X, torch.cat([rows_a, rows_b]))
         self.center = pts.mean(0)
-        self.scale = float((pts - self.center).norm(dim=1).max())
+        self.scale = max(float((pts[i:i + 2048] - self.center).norm(dim=1).max()) for i in range(0, pts.shape[0], 2048))
         self.lower, self.upper = 0.0, math.inf
         self.best_lower_z: torch.Tensor | None = None
         self.best_upper: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None

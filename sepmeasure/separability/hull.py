@@ -61,7 +61,7 @@ from ._hull_native import PairState, finish_pair, initial_working_set, one_pair_
 from ._hull_reference import check_solver, solve_reference
 from ._hull_result import HullDistance, HullSolverError
 from .options import check_option_names, options_from_signature
-from .pointsets import check_point_sets, class_pairs, power_of_two_scale
+from .pointsets import centred, check_point_sets, class_pairs, joined_rows, power_of_two_scale
 
 __all__ = ["HullDistance", "HullSolverError", "hull_distance", "pairwise_hull_distances"]
 # internal API of the separability package: HullOptions, check_hull_options, hull_distance_core,
@@ -190,7 +190,7 @@ def hull_distance_core(A: torch.Tensor, B: torch.Tensor, options: Any,
                        warm_start: HullDistance | None = None) -> HullDistance:
     """:func:`hull_distance` of checked point sets with checked ``HullOptions`` (no checks here)."""
     n = A.shape[0]
-    X = torch.cat([A, B]).to(torch.float64)
+    X = joined_rows(A, B).to(torch.float64)
     rows_a = torch.arange(n, device=X.device)
     rows_b = torch.arange(n, X.shape[0], device=X.device)
     return solve_pairs(X, [(rows_a, rows_b)], options, warm=[warm_start])[0]
@@ -253,8 +253,7 @@ def solve_native(X: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]]
     dev = X.device
     d = X.shape[1]
     X64 = X.to(torch.float64)
-    mean = X64.mean(0)
-    Xw = X64 - mean
+    Xw, mean = centred(X64)   # no copy of a large pool that is centred already (md_lsm's standardised sets)
     basis = None
     if d > 2 * Xw.shape[0]:          # work in the span of the points: same inner products, fewer columns
         basis, R = torch.linalg.qr(Xw.T)

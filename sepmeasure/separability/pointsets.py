@@ -14,7 +14,8 @@ import torch
 from ..validation import check_features, check_int, describe
 
 __all__ = ["check_point_sets", "check_direction", "class_pairs", "span_coordinates", "SpanCoordinates",
-           "to_span_direction", "standardised", "standardise", "Standardised", "power_of_two_scale"]
+           "to_span_direction", "standardised", "standardise", "Standardised", "power_of_two_scale", "centred",
+           "joined_rows"]
 
 
 def check_point_sets(A: Any, B: Any, names: tuple[str, str] = ("A", "B")) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,16 +57,43 @@ def standardise(A: torch.Tensor, B: torch.Tensor) -> Standardised:
     the same sets at every magnitude, so its tolerances and solvers work at unit scale: sets of
     magnitude 1e200 or 1e-200 give the value they give at 1. A direction found for the result is
     a direction for the inputs too (``w @ x`` keeps its order); a threshold ``c'`` on ``x' @ w``
-    is the threshold ``scale * (c' + centre @ w)`` on ``x @ w``. All-zero sets are returned as
-    they are (scale 1, centre 0).
+    is the threshold ``scale * (c' + centre @ w)`` on ``x @ w``. The two sets returned are
+    consecutive row blocks of one new tensor (``A``'s rows, then ``B``'s), which
+    :func:`joined_rows` reads as one pool without copying. All-zero sets are returned as they
+    are (scale 1, centre 0).
     """
     (low_a, high_a), (low_b, high_b) = torch.aminmax(A), torch.aminmax(B)   # no |x| temporaries
     scale = torch.stack([-low_a, high_a, -low_b, high_b]).max()
     if not bool(scale > 0):
         return Standardised(A, B, 1.0, torch.zeros(A.shape[1], dtype=A.dtype, device=A.device))
-    A, B = A / scale, B / scale
-    centre = (A.sum(0) + B.sum(0)) / (A.shape[0] + B.shape[0])
-    return Standardised(A.sub_(centre), B.sub_(centre), float(scale), centre)
+    # both sets in one buffer, A's rows then B's: the solvers see them as one pool without a copy
+    # (joined_rows), which at 10 000 x 512 float64 points saves a 41 MB allocation per use
+    n = A.shape[0]
+    pool = torch.empty((n + B.shape[0], A.shape[1]), dtype=torch.promote_types(A.dtype, B.dtype), device=A.device)
+    torch.div(A, scale, out=pool[:n])
+    torch.div(B, scale, out=pool[n:])
+    centre = (pool[:n].sum(0) + pool[n:].sum(0)) / pool.shape[0]
+    pool.sub_(centre)
+    return Standardised(pool[:n], pool[n:], float(scale), centre)
+
+
+#: Entries from which a pool whose mean is negligible (below 1e-13 of its largest entry: the
+#: standardised sets) is used as it is rather than centred into a copy. A copy of 10 000 x 512
+#: float64 points (41 MB, a fresh allocation each time) costs 15-20 ms here; below this size it
+#: costs next to nothing, and smaller sets keep the results of the centred arithmetic exactly.
+CENTRED_MIN_ELEMENTS = 2**20
+
+
+def centred(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(X - mean, mean)`` of the rows of ``X``; ``(X, 0)`` itself (no copy) for a pool of at least
+    :data:`CENTRED_MIN_ELEMENTS` entries whose mean is below 1e-13 of its largest entry (the
+    difference is a rounding-level shift). The result may share memory with ``X``."""
+    mean = X.mean(0)
+    if X.numel() >= CENTRED_MIN_ELEMENTS:
+        low, high = torch.aminmax(X)
+        if float(mean.abs().max()) <= 1e-13 * max(-float(low), float(high)):
+            return X, torch.zeros_like(mean)
+    return X - mean, mean
 
 
 def standardised(A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,6 +128,17 @@ def power_of_two_scale(*tensors: torch.Tensor) -> float:
         return 1.0
     _, e = math.frexp(m)            # m = f * 2**e with 0.5 <= f < 1
     return math.ldexp(1.0, e - 1)   # 2**(e-1) <= m < 2**e; e - 1 <= 1023, never inf
+
+
+def joined_rows(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """``torch.cat([A, B])``, as a view (no copy) when ``B``'s rows follow ``A``'s in one buffer
+    (the two sets of :func:`standardise`); the result may share memory with the inputs."""
+    if (A.ndim == B.ndim == 2 and A.shape[1] == B.shape[1] and A.dtype == B.dtype and A.device == B.device
+            and A.is_contiguous() and B.is_contiguous() and A.shape[0] and B.shape[0]
+            and A.untyped_storage().data_ptr() == B.untyped_storage().data_ptr()
+            and B.storage_offset() == A.storage_offset() + A.numel()):
+        return A.as_strided((A.shape[0] + B.shape[0], A.shape[1]), A.stride(), A.storage_offset())
+    return torch.cat([A, B])
 
 
 def check_direction(w: Any, d: int, device: torch.device, name: str = "w") -> torch.Tensor:
@@ -183,9 +222,8 @@ def span_coordinates(A: torch.Tensor, B: torch.Tensor, *, whiten: bool = True,
     ``v @ from_span`` is the same direction in the input coordinates. ``r`` is 0 when all points
     coincide.
     """
-    X = torch.cat([A, B]).to(torch.float64)   # a new tensor: centred in place
-    center = X.mean(0)
-    Xc = X.sub_(center)
+    X = joined_rows(A, B).to(torch.float64)   # may share memory with A and B: never modified
+    Xc, center = centred(X)
     n, d = X.shape
     low, high = torch.aminmax(Xc)
     size = max(-float(low), float(high))
