@@ -136,3 +136,50 @@ def test_subset_fraction_of_a_direction_at_every_magnitude(s):
     assert subset_fraction(A * s, B * s, w) == base
     assert subset_fraction(A * s, B * s, w * s) == base      # products 1e-400 / 1e400 without the rescaling
     assert subset_fraction(A, B, w * s) == base
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_native_solver_is_exactly_equivariant_under_powers_of_two(seed):
+    """The native solver's arithmetic only uses tolerances relative to the data, so the same pool
+    times 2**k gives the same weights and rounds and 2**k times the distances and bounds, to the
+    bit. ``solve_pairs`` relies on this to solve a pool whose largest coordinate is in [1/2, 1)
+    as it is (no copy) instead of doubling it first."""
+    from sepmeasure.separability.hull import solve_native
+
+    g = torch.Generator().manual_seed(seed)
+    k, n, d = [(5, 30, 16), (4, 80, 32), (6, 40, 64), (3, 25, 100)][seed]
+    y = torch.arange(k).repeat_interleave(n)
+    spread = [0.3, 1.0, 2.5, 0.6][seed]       # overlapping and separable pairs
+    X = torch.randn(k * n, d, generator=g, dtype=torch.float64)
+    X += spread * torch.randn(k, d, generator=g, dtype=torch.float64)[y]
+    X *= 0.75 / float(X.abs().max())          # largest coordinate 0.75
+    pairs = [(torch.nonzero(y == a).flatten(), torch.nonzero(y == b).flatten())
+             for a in range(k) for b in range(a + 1, k)]
+    kwargs = dict(tol=1e-6, zero_tol=1e-9, max_iter=1000, add=64, warm=None)
+    for solve in (lambda Z: solve_native(Z, pairs, **kwargs), lambda Z: solve_native(Z, pairs[:1], **kwargs)):
+        base = solve(X)
+        for f in (2.0, 0.5):
+            for r, b in zip(solve(X * f), base):
+                assert (r.distance, r.lower, r.upper, r.scale) == (b.distance * f, b.lower * f, b.upper * f, b.scale * f)
+                assert torch.equal(r.weights_a, b.weights_a) and torch.equal(r.weights_b, b.weights_b)
+                assert r.iterations == b.iterations and r.status == b.status and r.separable == b.separable
+
+
+def test_a_pool_below_unit_scale_is_solved_without_a_copy(monkeypatch):
+    """With the largest coordinate in [1/2, 1) the native solver gets the pool itself (here two
+    consecutive row blocks of one buffer); the result equals the one of the doubled pool halved,
+    to the bit."""
+    from sepmeasure.separability import hull
+
+    A, B = sets(5, 0.3)
+    X = torch.cat([A, B])
+    X -= X.mean(0)
+    X *= 0.75 / float(X.abs().max())
+    A, B = X[:30], X[30:]
+    seen = []
+    solve = hull.solve_native
+    monkeypatch.setattr(hull, "solve_native", lambda Z, *a, **k: seen.append(Z.data_ptr()) or solve(Z, *a, **k))
+    r, r2 = hull_distance(A, B), hull_distance(2 * A, 2 * B)
+    assert seen[0] == X.data_ptr()
+    assert (r.distance * 2, r.lower * 2, r.upper * 2) == (r2.distance, r2.lower, r2.upper)
+    assert torch.equal(r.weights_a, r2.weights_a)

@@ -202,14 +202,18 @@ def solve_pairs(X: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]],
 
     ``options`` is a checked ``HullOptions``: the native solver runs all pairs together, the
     reference solver one pair after the other. Both solve at unit scale: the pool is divided by
-    a power of two (exactly) so that its largest coordinate lies in [1, 2), and each solver
-    centres the points (a common shift); distances, bounds, scales and offsets are multiplied
-    back, so results do not depend on the magnitude of the data (an ``OverflowError`` says when
-    a distance does not fit in float64). Used by :func:`hull_distance`,
+    a power of two (exactly) so that its largest coordinate lies in [1, 2) (for the native
+    solver, in [1/2, 2): its arithmetic is exactly equivariant under powers of two, so a pool
+    already in that range is solved as it is, without a copy), and each solver centres the
+    points (a common shift); distances, bounds, scales and offsets are multiplied back, so
+    results do not depend on the magnitude of the data (an ``OverflowError`` says when a
+    distance does not fit in float64). Used by :func:`hull_distance`,
     :func:`pairwise_hull_distances`, the per-layer tables and the callback.
     """
     X64 = X.to(torch.float64)
     s = power_of_two_scale(X64)
+    if s == 0.5 and options.method != "reference":
+        s = 1.0     # largest coordinate in [1/2, 1): the native solver gives the same bits either way
     Xs = X64 / s if s != 1.0 else X64   # already at unit scale (e.g. md_lsm's standardised sets): no copy
     if options.method == "reference":
         results = [solve_reference(Xs[ra], Xs[rb], tol=options.tol, zero_tol=options.zero_tol, solver=options.solver,
