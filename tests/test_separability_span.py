@@ -74,6 +74,11 @@ def test_joined_rows_is_a_view_exactly_when_the_rows_are_consecutive():
         assert torch.equal(J, torch.cat([a, b]))
         assert J.untyped_storage().data_ptr() not in (a.untyped_storage().data_ptr(),
                                                       b.untyped_storage().data_ptr())
+    # one-row sets whose row stride is not the row length (contiguous all the same): still cat's rows
+    buf = torch.arange(8, dtype=torch.float64)
+    a1, b1 = buf[:4].view(4, 1).T, buf[4:].view(1, 4)
+    assert a1.stride() == (1, 1) and a1.is_contiguous()
+    assert torch.equal(joined_rows(a1, b1), torch.cat([a1, b1]))
     # the standardised sets are one buffer: A's rows then B's
     u = standardise(A * 7.0 + 3.0, B * 7.0 + 3.0)
     assert joined_rows(u.a, u.b).data_ptr() == u.a.data_ptr()

@@ -137,7 +137,8 @@ def joined_rows(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
             and A.is_contiguous() and B.is_contiguous() and A.shape[0] and B.shape[0]
             and A.untyped_storage().data_ptr() == B.untyped_storage().data_ptr()
             and B.storage_offset() == A.storage_offset() + A.numel()):
-        return A.as_strided((A.shape[0] + B.shape[0], A.shape[1]), A.stride(), A.storage_offset())
+        # row-major strides written out: a contiguous one-row tensor may carry any row stride
+        return A.as_strided((A.shape[0] + B.shape[0], A.shape[1]), (A.shape[1], 1), A.storage_offset())
     return torch.cat([A, B])
 
 
