@@ -56,7 +56,7 @@ from sepmeasure.provenance import library_versions, seed_everything
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import zoo  # noqa: E402
-from _timing import best_of, best_of_interleaved  # noqa: E402
+from _timing import best_of_interleaved  # noqa: E402
 
 # Rows per block for the two Jacobian-holding methods: large enough that they recompute little,
 # small enough to fit in memory (jacobian: 2 × 128 per-sample Jacobians of the MLP ≈ 5.6 GB).
