@@ -10,6 +10,9 @@ import torch
 from torch import nn
 
 from sepmeasure.kernels import empirical_ntk, ntk_structured
+from sepmeasure.kernels import ntk as ntk_module
+from sepmeasure.kernels import ntk_taps
+from sepmeasure.kernels.ntk_forms import outer_jacobian
 from sepmeasure.kernels.ntk_taps import output_grads, stack_buffer
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -280,8 +283,9 @@ def test_a_channel_dead_on_the_probe_rows_is_factored_in_its_block():
     assert rel_err(empirical_ntk(model, x, method="structured"), ref) <= 1e-10
 
 
+@pytest.mark.parametrize("batched", [False, True])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_output_grads_equal_one_autograd_pass_per_output(channels_last):
+def test_output_grads_equal_one_autograd_pass_per_output(channels_last, batched):
     torch.manual_seed(2)
     model = CNN2d().double().eval()
     x = torch.randn(3, 2, 8, 8, dtype=torch.float64)
@@ -293,11 +297,11 @@ def test_output_grads_equal_one_autograd_pass_per_output(channels_last):
     h = torch.relu(c0(x) + taps[0])
     out = model.head(torch.relu(c2(torch.relu(c1(h) + taps[1]))).mean(dim=(2, 3)))
     expected = [torch.autograd.grad(out[:, k].sum(), taps, retain_graph=True) for k in range(3)]
-    got = output_grads(out, taps)
+    got = output_grads(out, taps, batched=batched)
     for k in range(3):
         for g, e in zip(got, expected[k]):
-            assert g.shape == (3, *e.shape) and torch.allclose(g[k], e, rtol=1e-12, atol=0)
-    if channels_last:     # (K, n, C, H, W) stored as (n, H, W, K, C)
+            assert g.shape == (3, *e.shape) and torch.allclose(g[k], e, rtol=1e-12, atol=1e-15)
+    if channels_last and not batched:     # (K, n, C, H, W) stored as (n, H, W, K, C)
         assert got[0].permute(1, 3, 4, 0, 2).is_contiguous()
 
 
@@ -307,3 +311,81 @@ def test_stack_buffer_puts_the_new_axis_inside():
     assert b.shape == (6, 2, 3, 4, 5) and b.permute(1, 3, 4, 0, 2).is_contiguous()
     b2 = stack_buffer(torch.randn(7, 5), 6)
     assert b2.shape == (6, 7, 5) and b2.permute(1, 0, 2).is_contiguous()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", ["resnet", "vit", "cnn2d"])
+def test_one_batched_backward_pass_or_one_per_output(name, dtype, monkeypatch):
+    """The structured kernel with the outputs' cotangents from one batched backward pass and from
+    one pass per output, each against the float64 jacobian kernel; the plan says which it used."""
+    torch.manual_seed(4)
+    model, shape = {"resnet": (lambda: randomise_batchnorm(zoo.resnet18(4)), (3, 8, 8)),
+                    "vit": (lambda: zoo.vit(), (3, 8, 8)), "cnn2d": (lambda: CNN2d(), (2, 8, 8))}[name]
+    model = model().eval()
+    x1, x2 = torch.randn(6, *shape, dtype=torch.float64), torch.randn(4, *shape, dtype=torch.float64)
+    model.double()
+    refs = {o: empirical_ntk(model, x1, x2, method="jacobian", output=o) for o in ("full", "trace")}
+    model.to(dtype)
+    for threshold, batched in ((0, False), (float("inf"), True)):
+        monkeypatch.setattr(ntk_structured, "BATCHED_TAP_NUMEL", threshold)
+        ntk_module._PLANS.clear()
+        assert plan_of(model, x1.to(dtype)).batched is batched
+        for output, ref in refs.items():
+            got = empirical_ntk(model, x1.to(dtype), x2.to(dtype), method="structured", output=output)
+            assert rel_err(got.double(), ref) <= TOL[dtype], (output, batched)
+
+
+def test_the_batched_pass_is_chosen_for_small_layers_only():
+    """Small taps (a width-4 ResNet on 8 x 8 inputs) take one batched pass; taps of more elements
+    per sample than BATCHED_TAP_NUMEL on average take one pass per output."""
+    small = randomise_batchnorm(zoo.resnet18(4)).eval()
+    assert plan_of(small, torch.randn(3, 3, 8, 8)).batched
+    wide = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(32, 3))
+    assert (32 * 32 * 32 + 3) / 2 > ntk_structured.BATCHED_TAP_NUMEL      # the mean over the two taps
+    assert not plan_of(wide, torch.randn(3, 3, 32, 32)).batched
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2, 3), (1, 2, 0, 3), (1, 0, 2, 3), (0, 1, 3, 2)])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_outer_jacobian_in_every_layout(order, groups):
+    """``outer_jacobian`` on cotangents (K, n, T, o) stored in any axis order (the layouts of one
+    batched pass and of the per-output passes) against an einsum, to float64 rounding."""
+    k, n, t, o, d = 3, 4, 5, 6, 8
+    stored = [(k, n, t, o)[i] for i in order]
+    g = torch.randn(stored, dtype=torch.float64).permute([order.index(i) for i in range(4)])
+    assert g.shape == (k, n, t, o)
+    a = torch.randn(n, t, d, dtype=torch.float64)
+    got = outer_jacobian(a, g, groups)
+    dg, og = d // groups, o // groups
+    ref = torch.einsum("kntgo,ntgd->nkgod", g.reshape(k, n, t, groups, og), a.reshape(n, t, groups, dg))
+    assert torch.allclose(got, ref.reshape(n, k, -1), rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3])
+def test_eval_batch_norm_is_folded_and_restored(dim):
+    """An eval-mode BatchNorm runs as x·s + t during the tapped pass (no batch-norm backward), the
+    kernel equals the jacobian one, and the module's own forward is back afterwards."""
+    torch.manual_seed(5)
+    conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dim]
+    norm = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dim]
+    layers = ([nn.Linear(4, 5), norm(5)] if dim == 1 else [conv(2, 5, 1), norm(5), nn.Flatten()])
+    model = randomise_batchnorm(nn.Sequential(*layers, nn.Tanh(), nn.LazyLinear(3))).double().eval()
+    shape = (4,) if dim == 1 else (2, *(3,) * dim)
+    x = torch.randn(5, *shape, dtype=torch.float64)
+    model(x)
+    bn = model[1]
+    assert ntk_taps.folded_batch_norm(bn) and "forward" not in bn.__dict__
+    seen = []
+    bn.register_forward_hook(lambda m, args, out: seen.append(out.grad_fn is not None and
+                                                               "BatchNorm" in type(out.grad_fn).__name__))
+    # Conv3d has no structured rule: its parameters (selected or not) would run the module normally
+    params = "re:(1|4)\\..*"
+    ref = empirical_ntk(model, x, method="jacobian", params=params)
+    seen.clear()
+    got = empirical_ntk(model, x, method="structured", params=params)
+    assert rel_err(got, ref) <= 1e-10
+    assert seen and not any(seen), "the tapped pass should not run batch norm's own kernel"
+    assert "forward" not in bn.__dict__
+    bn.train()
+    assert not ntk_taps.folded_batch_norm(bn)

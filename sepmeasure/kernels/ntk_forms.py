@@ -92,7 +92,13 @@ def outer_jacobian(a: torch.Tensor, g: torch.Tensor, groups: int) -> torch.Tenso
     """``Σ_t g_{k,t} ⊗ a_t`` → ``(n, K, numel(W))``: the weight gradient of every sample and output."""
     k, n, t, o = g.shape
     if groups == 1:
-        return torch.bmm(g.permute(1, 0, 3, 2).reshape(n, k * o, t), a).view(n, k, -1)
+        gp = g.permute(1, 0, 3, 2)                                       # (n, K, o, T)
+        if k == 1 or o == 1 or gp.stride(1) == o * gp.stride(2):        # K·o is one axis: one product
+            return torch.bmm(gp.reshape(n, k * o, t), a).view(n, k, -1)
+        out = a.new_empty((n, k, o, a.shape[-1]))                        # else one product per output
+        for i in range(k):
+            out[:, i] = torch.bmm(gp[:, i], a)
+        return out.view(n, k, -1)
     d = a.shape[-1] // groups
     gg = g.reshape(k, n, t, groups, o // groups).permute(1, 3, 0, 4, 2).reshape(n * groups, k * (o // groups), t)
     aa = a.reshape(n, t, groups, d).permute(0, 2, 1, 3).reshape(n * groups, t, d)

@@ -20,9 +20,11 @@ from torch.nn import functional as F
 from .ntk_problem import NTKProblem
 
 __all__ = ["NORMS", "Call", "Site", "Taps", "attention_supported", "find_sites", "normalised", "output_grads",
-           "restore_forward", "site_kind", "tapped_forward"]
+           "folded_batch_norm", "restore_forward", "site_kind", "tapped_forward"]
 
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+# BatchNorm layers whose eval-mode forward the taps replace by the same per-channel affine map
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 @dataclass
@@ -129,10 +131,12 @@ class Taps:
 
     def __enter__(self) -> Taps:
         for site in self.sites:
-            if site.kind == "attention":
+            replacement = (self._attention_forward(site) if site.kind == "attention"
+                           else self._batch_norm_forward(site) if folded_batch_norm(site.module) else None)
+            if replacement is not None:
                 module = site.module
                 previous = module.__dict__.get("forward")
-                module.forward = types.MethodType(self._attention_forward(site), module)
+                module.forward = types.MethodType(replacement, module)
                 self._undo.append(lambda m=module, f=previous: restore_forward(m, f))
             else:
                 h = site.module.register_forward_hook(self._hook(site))
@@ -155,6 +159,27 @@ class Taps:
             recorded = normalised(module, x) if site.kind == "norm" else x
             return self._tapped(site, "", recorded, output)
         return hook
+
+    def _batch_norm_forward(self, site: Site) -> Callable[..., torch.Tensor]:
+        """Eval-mode BatchNorm as the per-channel affine map ``x·s + t`` (``s = γ/√(σ² + ε)``,
+        ``t = β - μ·s``; the form the CPU kernel computes), tapped; ``x̂`` is recorded without a graph.
+
+        The same function, but its backward pass is one multiplication instead of
+        ``native_batch_norm_backward``: the K backward passes of ResNet-18 (width 8, 16 inputs) took
+        0.15-0.17 s instead of 0.19-0.22 s, measured alternately.
+        """
+        taps = self
+
+        def forward(m: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+            shape = (1, -1) + (1,) * (x.ndim - 2)
+            inv = torch.rsqrt(m.running_var + m.eps)
+            scale = inv if m.weight is None else m.weight * inv
+            shift = -m.running_mean * scale if m.bias is None else m.bias - m.running_mean * scale
+            with torch.no_grad():
+                xhat = (x - m.running_mean.view(shape)) * inv.view(shape)
+            return taps._tapped(site, "", xhat, torch.addcmul(shift.view(shape), x, scale.view(shape)))
+
+        return forward
 
     def _attention_forward(self, site: Site) -> Callable[..., Any]:
         """Self-attention written with ``F.linear`` and ``scaled_dot_product_attention``, tapped."""
@@ -180,6 +205,12 @@ class Taps:
         return forward
 
 
+def folded_batch_norm(module: nn.Module) -> bool:
+    """A plain BatchNorm layer normalising with its running statistics (eval mode)."""
+    return (type(module) in BATCH_NORMS and not module.training and module.running_mean is not None
+            and module.running_var is not None)
+
+
 def restore_forward(module: nn.Module, previous: Any) -> None:
     if previous is None:
         module.__dict__.pop("forward", None)
@@ -201,18 +232,26 @@ def tapped_forward(problem: NTKProblem, sites: Sequence[Site], x: torch.Tensor, 
     return out, taps.calls
 
 
-def output_grads(out: torch.Tensor, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def output_grads(out: torch.Tensor, inputs: Sequence[torch.Tensor], batched: bool = False) -> list[torch.Tensor]:
     """``[(K, *t.shape)]``: the gradient of every output column ``k`` (summed over samples).
 
-    One backward pass per output (``retain_graph``); faster than ``is_grads_batched``, whose
-    convolution backward runs as a loop over outputs anyway and whose ReLU backward broadcasts its
-    mask slowly. Each result is a view of a buffer laid out like the gradient itself with the output
-    axis next to the innermost one: a channels-last ``(n, C, H, W)`` cotangent is stored as
-    ``(n, H, W, K, C)``, so the per-sample ``(T, K·C)`` matrices the contraction forms multiply are
-    views, not copies.
+    ``batched=False``: one backward pass per output (``retain_graph``). Each result is a view of a
+    buffer laid out like the gradient itself with the output axis next to the innermost one: a
+    channels-last ``(n, C, H, W)`` cotangent is stored as ``(n, H, W, K, C)``, so the per-sample
+    ``(T, K·C)`` matrices the contraction forms multiply are views, not copies.
+
+    ``batched=True``: one backward pass for all outputs (``is_grads_batched``, the outputs as a vmapped
+    axis), each result laid out with the output axis outermost. Fewer, larger operations: faster where
+    the layers are many and small (ResNet-18 at width 8, the ViT), slower where a few large ones dominate
+    (the CIFAR CNN, whose ReLU backward broadcasts its mask over the outputs); see
+    ``ntk_structured.BATCHED_TAP_NUMEL``.
     """
     n, k = out.shape
     inputs = list(inputs)
+    if batched:
+        basis = torch.eye(k, dtype=out.dtype, device=out.device).unsqueeze(1).expand(k, n, k)
+        return list(torch.autograd.grad(out, inputs, grad_outputs=basis, is_grads_batched=True, allow_unused=True,
+                                        materialize_grads=True))
     stacked: list[torch.Tensor | None] = [None] * len(inputs)
     onehot = torch.zeros_like(out)
     for i in range(k):
