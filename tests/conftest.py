@@ -53,6 +53,16 @@ def _fixed_seed():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _fresh_ntk_plans():
+    """Every test plans its kernels itself (a test that patches the planner must not meet a plan
+    cached by an earlier one)."""
+    from sepmeasure.kernels import ntk
+
+    ntk._PLANS.clear()
+    yield
+
+
 @pytest.fixture
 def record_solves(monkeypatch):
     """``record_solves(module)`` patches ``module.solve_reporting_status`` (the HiGHS calls of the

@@ -19,6 +19,7 @@ from sepmeasure.kernels import empirical_ntk, select_parameters
 from sepmeasure.models import CNN, MLP, ResNet
 
 sys.path.insert(0, str(Path(__file__).parent))
+import zoo  # noqa: E402
 from ntk_helpers import randomise_batchnorm, record_builders, rel_err  # noqa: E402
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
@@ -506,3 +507,73 @@ def test_models_that_cannot_have_a_kernel(device):
 def test_select_parameters_names_a_non_module():
     with pytest.raises(TypeError, match="model: expected an nn.Module"):
         select_parameters("mlp")
+
+
+# ----------------------------------------------------------------------------
+# Plans reused while the model is unchanged
+# ----------------------------------------------------------------------------
+
+def _count_plans(monkeypatch) -> list[str]:
+    planned: list[str] = []
+    real = ntk_module._resolve_method
+
+    def counting(method, problem, output):
+        planned.append(method)
+        return real(method, problem, output)
+
+    monkeypatch.setattr(ntk_module, "_resolve_method", counting)
+    return planned
+
+
+def test_a_plan_is_reused_until_the_model_changes(monkeypatch):
+    """The second call on the same model, weights and input shape plans nothing and gives the kernel
+    of the new inputs; an optimizer step, a mode change, a new hook, another input shape, output or
+    method each plan again, and every kernel equals the jacobian kernel of the model as it is then."""
+    planned = _count_plans(monkeypatch)
+    torch.manual_seed(3)
+    model = randomise_batchnorm(zoo.resnet18(2, num_classes=3, in_channels=2)).double().eval()
+    x, y = torch.randn(5, 2, 6, 6, dtype=torch.float64), torch.randn(5, 2, 6, 6, dtype=torch.float64)
+
+    def check(inputs, expect_plans, **kwargs):
+        before = len(planned)
+        got = empirical_ntk(model, inputs, method="structured", **kwargs)
+        assert len(planned) - before == expect_plans
+        ref = empirical_ntk(model, inputs, method="jacobian", **kwargs)
+        assert rel_err(got, ref) <= 1e-10
+
+    check(x, 1)
+    check(y, 0)                                     # new values, same shapes: the same plan
+    check(y[:4], 1)                                 # fewer rows: the cost model weighs another block
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(x).sum().backward()
+    opt.step()
+    check(x, 1)                                     # in-place update: version counters moved
+    check(x, 0)
+    model.train()
+    model.eval()                                    # back to eval: the same key again
+    check(x, 0)
+    handle = model.register_forward_hook(lambda m, a, out: out * 2)
+    check(x, 1)
+    handle.remove()
+    check(x, 0)                                     # the earlier plan, still cached
+    check(torch.randn(3, 2, 8, 8, dtype=torch.float64), 1)
+    check(x, 1, output="trace")
+    with torch.no_grad():
+        model.linear.weight.copy_(torch.randn_like(model.linear.weight))
+    check(x, 1)
+
+
+def test_a_plan_does_not_keep_its_model_alive():
+    import gc
+    import weakref
+
+    model = MLP(4, (5,), 3).double()
+    empirical_ntk(model, torch.randn(3, 4, dtype=torch.float64), method="structured")
+    assert model in ntk_module._PLANS
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None and len(ntk_module._PLANS) == 0
+    bare = nn.Linear(4, 3).double()              # the model is itself a structured layer: not cached
+    empirical_ntk(bare, torch.randn(3, 4, dtype=torch.float64), method="structured")
+    assert bare not in ntk_module._PLANS

@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 import os
 import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Union
 
@@ -29,6 +31,7 @@ import torch
 from torch import nn
 
 from .ntk_problem import JACOBIAN, NTVP, Builder, NTKProblem, Plan
+from .ntk_forms import NOMINAL_ROWS
 from .ntk_structured import STRUCTURED, method_costs
 from .block_executors import check_executor, producer
 from .blocks import BlockGrid, KernelOverflowError, TensorSink, fill_blocks, swap_block
@@ -267,6 +270,61 @@ def _resolve_method(method: str, problem: NTKProblem, output: str) -> tuple[str,
     return method, _BUILDERS[method].plan(problem, output)
 
 
+# The last plans of every live model (up to _PLANS_PER_MODEL, one per method, output, input shape, ...),
+# reused while nothing they depend on has changed (see _plan_key).
+_PLANS: weakref.WeakKeyDictionary[nn.Module, OrderedDict[tuple, tuple[str, Plan]]] = weakref.WeakKeyDictionary()
+_PLANS_PER_MODEL = 8
+_PLANS_LOCK = threading.Lock()
+
+
+def _plan_key(method: str, problem: NTKProblem, output: str, x1: torch.Tensor, x2: torch.Tensor | None) -> tuple:
+    """Everything a plan depends on besides the values of the inputs.
+
+    The module tree (each module's identity, type, mode, hooks and any replaced ``forward``), every
+    parameter and buffer by storage, version counter (bumped by every in-place update: an optimizer
+    step, ``load_state_dict``, ``copy_``), shape, strides, dtype and device, the selected parameters,
+    the method, the output, the feature shape, dtype and device of the inputs and the block size the
+    cost model weighs (``min(rows, NOMINAL_ROWS)``).
+    """
+    modules = tuple((name, type(m), id(m), m.training, tuple(m._forward_hooks), tuple(m._forward_pre_hooks),
+                     id(m.__dict__.get("forward"))) for name, m in problem.model.named_modules())
+    hooks = tuple(torch.nn.modules.module._global_forward_hooks) + tuple(
+        torch.nn.modules.module._global_forward_pre_hooks)
+    tensors = tuple((name, t.data_ptr(), t._version, tuple(t.shape), t.stride(), t.dtype, t.device)
+                    for name, t in problem.constants.items())
+    inputs = tuple(None if x is None else (tuple(x.shape[1:]), x.dtype, x.device) for x in (x1, x2))
+    return (method, output, tuple(problem.params), modules, hooks, tensors, inputs, problem.n_outputs,
+            min(problem.n_rows, NOMINAL_ROWS))
+
+
+def _cached_method(method: str, problem: NTKProblem, output: str, x1: torch.Tensor, x2: torch.Tensor | None
+                   ) -> tuple[str, Plan]:
+    """:func:`_resolve_method`, reusing a plan of the model whose :func:`_plan_key` is unchanged.
+
+    Planning verifies every structured rule on a probe batch (a forward and three backward passes);
+    for a few dozen inputs that is a fifth of the work (ResNet-18 at width 8, 16 inputs). A plan
+    refers to the model's modules but not to the model itself, so a model's entry goes when the model
+    does; a model that is itself a structured layer is not cached (its plan would keep it alive).
+    """
+    if problem.batch_dependent:
+        return _resolve_method(method, problem, output)
+    key = _plan_key(method, problem, output, x1, x2)
+    with _PLANS_LOCK:
+        plans = _PLANS.get(problem.model)
+        hit = None if plans is None else plans.get(key)
+        if hit is not None:
+            plans.move_to_end(key)
+            return hit
+    resolved, plan = _resolve_method(method, problem, output)
+    if all(site.module is not problem.model for site in getattr(plan.detail, "sites", ())):
+        with _PLANS_LOCK:
+            plans = _PLANS.setdefault(problem.model, OrderedDict())
+            plans[key] = (resolved, plan)
+            while len(plans) > _PLANS_PER_MODEL:
+                plans.popitem(last=False)
+    return resolved, plan
+
+
 def _auto_block_size(plan: Plan, n_rows: int, out_bytes_per_pair: float | None = None) -> int:
     """Largest ``b`` with ``2·b·per_row + b²·per_pair ≤ budget`` (and, writing to a file, whose
     output block of ``b²·out_bytes_per_pair`` stays within ``_OUT_BLOCK_BYTES``)."""
@@ -346,6 +404,13 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = 
         then ``J(x1) J(x2)ᵀ`` for the outputs of the whole batches ``x1`` and ``x2`` (method
         ``"jacobian"`` only, no blocks; running statistics are left untouched).
 
+    The plan of a call (for ``"structured"`` and ``"auto"``: which rule and contraction form each
+    parameter gets, checked against autograd on a few rows) is kept with the model and reused by
+    later calls while the modules, their modes and hooks, the parameters and buffers (storage and
+    version counter, so any in-place update such as an optimizer step), the selection, ``method``,
+    ``output`` and the inputs' feature shape are unchanged; the kernel itself is always computed
+    afresh.
+
     Returns
     -------
     Tensor or numpy.memmap
@@ -403,7 +468,7 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = 
     selected = select_parameters(model, params)
     x1, x2 = _check_inputs(model, x1, x2, selected)
     problem = _make_problem(model, x1, x2, selected, allow_batch_dependence)
-    method, plan = _resolve_method(method, problem, output)
+    method, plan = _cached_method(method, problem, output, x1, x2)
     if problem.batch_dependent and (block_size is not None or out is not None or executor not in (None, "local")):
         raise ValueError(f"block_size, out, executor: expected None for a kernel that depends on the batch (each "
                          f"of x1 and x2 is one batch), got block_size={block_size}, out={out!r}, "
