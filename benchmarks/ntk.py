@@ -27,7 +27,8 @@ relative Frobenius error against the jacobian kernel.
 
 These comparisons print ``time ours (auto) / time reference`` (below 1: ours faster) and the
 speed-up, each time the best of ``--repeats`` (3) runs after a warm-up (the peers: compile or
-first call excluded).
+first call excluded; ours: the model's plan reused, as by any later call on unchanged weights; the
+time with planning included is printed beside it).
 
 Run: ``python benchmarks/ntk.py`` (``--quick`` for 64 rows instead of 256, a 512-row trace and 8
 inputs in the peers' comparison; ``--peers-only`` for that comparison alone, ``--models cnn mlp
@@ -36,6 +37,7 @@ resnet18 vit`` a selection of it, ``--peers-n 32 64`` the CNN's sizes).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import resource
@@ -51,6 +53,7 @@ from torch import nn
 
 from sepmeasure.data import load_dataset
 from sepmeasure.kernels import empirical_ntk
+from sepmeasure.kernels import ntk as ntk_module
 from sepmeasure.models import CNN, MLP
 from sepmeasure.provenance import library_versions, seed_everything
 
@@ -234,9 +237,17 @@ def time_ours(model: nn.Module, x: torch.Tensor, output: str, repeats: int) -> d
     model.float()
     row: dict = {"ref64": ref64}
     # the methods in turn, round by round: all of them see the same state of the machine
-    results = best_of_interleaved({method: (lambda m=method: empirical_ntk(model, x, method=m, output=output,
-                                                                          progress=False))
-                                 for method in ("auto", *EXPLICIT_METHODS)}, repeats)
+    calls = {method: (lambda m=method: empirical_ntk(model, x, method=m, output=output, progress=False))
+             for method in ("auto", *EXPLICIT_METHODS)}
+
+    cold = copy.deepcopy(model)
+
+    def auto_cold() -> torch.Tensor:      # a copy of the model whose plans are dropped first: planning included
+        ntk_module._PLANS.pop(cold, None)
+        return empirical_ntk(cold, x, method="auto", output=output, progress=False)
+
+    results = best_of_interleaved({**calls, "auto_cold": auto_cold}, repeats)
+    row["auto_cold"] = results.pop("auto_cold")[0]
     for method, (t, k) in results.items():
         if isinstance(k, Exception):
             if method in ("auto", "jacobian"):
@@ -322,9 +333,11 @@ def peers(sizes: list[int], quick: bool, repeats: int = 3, models: list[str] | N
             if output not in row:
                 continue
             r = row[output]
-            print(f"    {output:>5}: auto {r['auto']:7.3f} s (err {r['auto_rel_error']:.1e}), "
+            print(f"    {output:>5}: auto {r['auto']:7.3f} s (err {r['auto_rel_error']:.1e}; planning included "
+                  f"{r['auto_cold']:.3f} s), "
                   + ", ".join(f"{m} {r[m]:7.3f} s" for m in EXPLICIT_METHODS)
-                  + f"; jacobian / auto {r['jacobian'] / r['auto']:.2f}×, structured err "
+                  + f"; jacobian / auto {r['jacobian'] / r['auto']:.2f}× ({r['jacobian'] / r['auto_cold']:.2f}× "
+                    f"planning included), structured err "
                     f"{r.get('structured_rel_error', float('nan')):.1e}")
             for m in EXPLICIT_METHODS:
                 if f"{m}_error" in r:
