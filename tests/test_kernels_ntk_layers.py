@@ -389,3 +389,39 @@ def test_eval_batch_norm_is_folded_and_restored(dim):
     assert "forward" not in bn.__dict__
     bn.train()
     assert not ntk_taps.folded_batch_norm(bn)
+
+
+@pytest.mark.parametrize("failure", ["raises", "loops"])
+def test_a_batched_pass_that_does_not_run_falls_back_to_one_pass_per_output(failure, monkeypatch):
+    """Where the batched pass raises, or warns that an operation has no batching rule, the block is
+    computed with one pass per output (same kernel as the jacobian), the plan keeps that choice, and
+    any other warning of the pass reaches the caller."""
+    torch.manual_seed(6)
+    model = randomise_batchnorm(zoo.resnet18(2, num_classes=3)).double().eval()
+    x = torch.randn(5, 3, 8, 8, dtype=torch.float64)
+    real = ntk_structured.output_grads
+    tries = []
+
+    def flaky(out, inputs, batched=False):
+        if not batched:
+            return real(out, inputs)
+        tries.append(1)
+        if failure == "raises":
+            raise RuntimeError("no batching here")
+        import warnings
+        warnings.warn("another warning of the pass", UserWarning)
+        warnings.warn("There is a performance drop because we have not yet implemented the batching rule "
+                      "for aten::something", UserWarning)
+        return [torch.full((3, *t.shape), float("nan"), dtype=t.dtype) for t in inputs]
+
+    monkeypatch.setattr(ntk_structured, "output_grads", flaky)
+    ref = empirical_ntk(model, x, method="jacobian")
+    if failure == "loops":
+        with pytest.warns(UserWarning, match="another warning of the pass"):
+            got = empirical_ntk(model, x, method="structured", block_size=3)
+    else:
+        got = empirical_ntk(model, x, method="structured", block_size=3)
+    assert rel_err(got, ref) <= 1e-10
+    assert len(tries) == 1, "after the first failure every block takes one pass per output"
+    [plan] = [plan for method, plan in ntk_module._PLANS[model].values() if method == "structured"]
+    assert plan.detail.batched is False

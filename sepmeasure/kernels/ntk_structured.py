@@ -118,7 +118,8 @@ def _close(mine: torch.Tensor, truth: torch.Tensor, tol: float, floor: float = 0
 
 
 def _verify(problem: NTKProblem, sites: list[Site], probe: torch.Tensor, broadcast: dict[str, torch.Tensor],
-            channels_last: bool = False) -> tuple[set[str], list[Site], list[Call], list[torch.Tensor], bool]:
+            channels_last: bool = False, plain: torch.Tensor | None = None
+            ) -> tuple[set[str], list[Site], list[Call], list[torch.Tensor], bool]:
     """Parameters whose structured gradients equal autograd's on ``probe``, the sites kept, the
     probe's calls and their cotangents ``(3, n, ...)`` for three random combinations of the outputs
     (one per sample, then two shared by all samples), and
@@ -140,12 +141,13 @@ def _verify(problem: NTKProblem, sites: list[Site], probe: torch.Tensor, broadca
             fits = out.shape == plain.shape and _close(out.detach(), plain, tol)
         except RuntimeError:
             fits = False
-        return (*_verify(problem, sites, probe, broadcast)[:4], fits)
+        return (*_verify(problem, sites, probe, broadcast, plain=plain)[:4], fits)
     candidates = {n for s in sites for n in s.roles.values()}
     leaves = {n: problem.params[n].clone().requires_grad_(True) for n in candidates}
     copies = _expand(broadcast, probe.shape[0])
-    with torch.no_grad():
-        plain = problem.f_batch(problem.params, probe)
+    if plain is None:
+        with torch.no_grad():
+            plain = problem.f_batch(problem.params, probe)
     try:
         out, calls = tapped_forward(problem, sites, probe, {**leaves, **copies}, channels_last)
         same = out.shape == plain.shape and _close(out.detach(), plain, tol)
@@ -153,9 +155,9 @@ def _verify(problem: NTKProblem, sites: list[Site], probe: torch.Tensor, broadca
         same = False
     if not same:
         if any(s.kind == "attention" for s in sites):
-            return _verify(problem, [s for s in sites if s.kind != "attention"], probe, broadcast)
+            return _verify(problem, [s for s in sites if s.kind != "attention"], probe, broadcast, plain=plain)
         if broadcast:
-            return _verify(problem, sites, probe, {})
+            return _verify(problem, sites, probe, {}, plain=plain)
         return set(), [], [], [], False
     # the rules are linear in the cotangent: checking them for one random combination of the outputs
     # (its own for every sample) checks them for all (a wrong rule agrees only on a subspace of measure
@@ -211,18 +213,23 @@ def _factors(call: Call, tap_grad: torch.Tensor, k: int, tol: float) -> bool:
     return parallel_residual(g[1:2], g[2:3]) <= tol
 
 
-def _batched_works(problem: NTKProblem, detail: _Structured, probe: torch.Tensor) -> bool:
-    """Whether one batched backward pass runs on the model without a per-output loop (every
-    operation has a batching rule: none warns of a performance drop or raises)."""
+def _batched_cotangents(out: torch.Tensor, tapped: list[torch.Tensor]) -> list[torch.Tensor] | None:
+    """:func:`output_grads` in one batched pass, or ``None`` where that pass raises or where an
+    operation has no batching rule (PyTorch warns of a performance drop and loops over the outputs
+    itself). Other warnings are passed on."""
     try:
         with warnings.catch_warnings(record=True) as caught, differentiable_attention():
             warnings.simplefilter("always")
-            out, calls = tapped_forward(problem, detail.sites, probe, _expand(detail.broadcast, probe.shape[0]),
-                                        detail.channels_last)
-            output_grads(out, [c.tap for c in calls], batched=True)
+            grads = output_grads(out, tapped, batched=True)
     except RuntimeError:
-        return False
-    return not any("batching rule" in str(w.message) for w in caught)
+        return None
+    looped = False
+    for w in caught:
+        if "batching rule" in str(w.message):
+            looped = True
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return None if looped else grads
 
 
 def _plan_structured(problem: NTKProblem, output: str) -> Plan:
@@ -255,7 +262,7 @@ def _plan_structured(problem: NTKProblem, output: str) -> Plan:
     if not sites:
         return Plan(size * row, size * 2 * pair, detail)
     mean_numel = sum(c.tap[0].numel() for c in calls) / len(calls)
-    if k > 1 and mean_numel < BATCHED_TAP_NUMEL and _batched_works(problem, detail, probe):
+    if k > 1 and mean_numel < BATCHED_TAP_NUMEL:     # the first block checks that it runs (_capture)
         detail.batched = True
         row += (k - 1) * problem.activation_numel        # the K outputs' transients at once
     index = {id(s): i for i, s in enumerate(sites)}
@@ -355,8 +362,15 @@ def _capture(problem: NTKProblem, detail: _Structured, x: torch.Tensor) -> _Side
         raise RuntimeError(f"model: expected the same sequence of layer calls for every input, got {names} "
                            f"instead of {expected}; use method='jacobian'")
     tapped = [c.tap for c in calls] + list(copies.values())
-    with differentiable_attention():
-        grads = output_grads(out, tapped, batched=detail.batched) if tapped else []
+    grads = _batched_cotangents(out, tapped) if detail.batched and tapped else None
+    if grads is None and detail.batched:    # the batched pass does not run on this model: never again
+        detail.batched = False
+        with differentiable_attention():
+            out, calls = tapped_forward(problem, detail.sites, x, copies, detail.channels_last)
+        tapped = [c.tap for c in calls] + list(copies.values())
+    if grads is None:
+        with differentiable_attention():
+            grads = output_grads(out, tapped) if tapped else []
     tap_grads = grads[:len(calls)]
     side = _Side({}, {}, {}, {})
 
