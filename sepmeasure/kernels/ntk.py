@@ -404,13 +404,6 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = 
         then ``J(x1) J(x2)ᵀ`` for the outputs of the whole batches ``x1`` and ``x2`` (method
         ``"jacobian"`` only, no blocks; running statistics are left untouched).
 
-    The plan of a call (for ``"structured"`` and ``"auto"``: which rule and contraction form each
-    parameter gets, checked against autograd on a few rows) is kept with the model and reused by
-    later calls while the modules, their modes and hooks, the parameters and buffers (storage and
-    version counter, so any in-place update such as an optimizer step), the selection, ``method``,
-    ``output`` and the inputs' feature shape are unchanged; the kernel itself is always computed
-    afresh.
-
     Returns
     -------
     Tensor or numpy.memmap
@@ -437,6 +430,15 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = 
     RuntimeError
         ``method="structured"`` (or ``"auto"``) and the model calls its layers in a different
         sequence for some inputs (use ``method="jacobian"``).
+
+    Notes
+    -----
+    The plan of a call (for ``"structured"`` and ``"auto"``: which rule and contraction form each
+    parameter gets, checked against autograd on a few rows) is kept with the model and reused by
+    later calls while the modules, their modes and hooks, the parameters and buffers (storage and
+    version counter, so any in-place update such as an optimizer step), the selection, ``method``,
+    ``output`` and the inputs' feature shape are unchanged; the kernel itself is always computed
+    afresh.
 
     Examples
     --------
