@@ -301,8 +301,9 @@ def _cached_method(method: str, problem: NTKProblem, output: str, x1: torch.Tens
                    ) -> tuple[str, Plan]:
     """:func:`_resolve_method`, reusing a plan of the model whose :func:`_plan_key` is unchanged.
 
-    Planning verifies every structured rule on a probe batch (a forward and three backward passes);
-    for a few dozen inputs that is a fifth of the work (ResNet-18 at width 8, 16 inputs). A plan
+    Planning verifies every structured rule on a probe batch (forward passes and three backward
+    passes); for a few dozen inputs that is a large part of the work (ResNet-18 at width 8, 16
+    inputs, trace: 0.11 s of planning against 0.28 s for the kernel with the plan reused). A plan
     refers to the model's modules but not to the model itself, so a model's entry goes when the model
     does; a model that is itself a structured layer is not cached (its plan would keep it alive).
     """

@@ -352,8 +352,13 @@ class _Side:
 
 def _capture(problem: NTKProblem, detail: _Structured, x: torch.Tensor) -> _Side:
     copies = _expand(detail.broadcast, x.shape[0])
-    with differentiable_attention():
-        out, calls = tapped_forward(problem, detail.sites, x, copies, detail.channels_last)
+
+    def tapped_pass() -> tuple[torch.Tensor, list[Call], list[torch.Tensor]]:
+        with differentiable_attention():
+            out, calls = tapped_forward(problem, detail.sites, x, copies, detail.channels_last)
+        return out, calls, [c.tap for c in calls] + list(copies.values())
+
+    out, calls, tapped = tapped_pass()
     index = {id(s): i for i, s in enumerate(detail.sites)}
     order = [(index[id(c.site)], c.part) for c in calls]
     if order != detail.call_sites:
@@ -361,13 +366,10 @@ def _capture(problem: NTKProblem, detail: _Structured, x: torch.Tensor) -> _Side
         expected = [detail.sites[i].name + (f".{p}_proj" if p else "") for i, p in detail.call_sites]
         raise RuntimeError(f"model: expected the same sequence of layer calls for every input, got {names} "
                            f"instead of {expected}; use method='jacobian'")
-    tapped = [c.tap for c in calls] + list(copies.values())
-    grads = _batched_cotangents(out, tapped) if detail.batched and tapped else None
-    if grads is None and detail.batched:    # the batched pass does not run on this model: never again
+    grads = _batched_cotangents(out, tapped) if detail.batched else None
+    if detail.batched and grads is None:    # the batched pass does not run on this model: never again
         detail.batched = False
-        with differentiable_attention():
-            out, calls = tapped_forward(problem, detail.sites, x, copies, detail.channels_last)
-        tapped = [c.tap for c in calls] + list(copies.values())
+        out, calls, tapped = tapped_pass()
     if grads is None:
         with differentiable_attention():
             grads = output_grads(out, tapped) if tapped else []
