@@ -527,8 +527,9 @@ def _count_plans(monkeypatch) -> list[str]:
 
 def test_a_plan_is_reused_until_the_model_changes(monkeypatch):
     """The second call on the same model, weights and input shape plans nothing and gives the kernel
-    of the new inputs; an optimizer step, a mode change, a new hook, another input shape, output or
-    method each plan again, and every kernel equals the jacobian kernel of the model as it is then."""
+    of the new inputs; fewer rows, an optimizer step, a new hook, another input shape, another output
+    and a ``copy_`` into a weight each plan again, a round trip through train mode and a removed hook
+    do not, and every kernel equals the jacobian kernel of the model as it is then."""
     planned = _count_plans(monkeypatch)
     torch.manual_seed(3)
     model = randomise_batchnorm(zoo.resnet18(2, num_classes=3, in_channels=2)).double().eval()
